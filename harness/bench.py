@@ -1,0 +1,224 @@
+"""The benchmark loop: config -> variants -> artifacts -> device runs -> store, one result at a time.
+
+Every (variant, batch) becomes exactly one row: measured, or an ERROR row naming the stage that failed. Rows are
+committed as they are made, so an interrupted run keeps what it finished and ``--resume`` measures the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import RunConfig, TargetProfile, load_target
+from .errors import HarnessError
+from .models.onnx_io import LoadedModel, load_model, read_onnx
+from .paths import cache_dir
+from .sparsify import Variant, make_variant
+
+ENERGY_UNAVAILABLE = "unavailable: no power sensor read by this harness yet"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to produce: a variant of a loaded model at one batch size."""
+
+    model: LoadedModel
+    variant: Variant
+    batch: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.key}@b{self.batch}"
+
+    @property
+    def dense_key(self) -> str:
+        return f"{self.variant.model}/dense/0@b{self.batch}"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(cfg.source.encode()).hexdigest()
+
+
+def load_models(cfg: RunConfig) -> list[LoadedModel]:
+    """Load and check every model before anything is compiled or measured (fail fast, with the fix)."""
+    from .compile.tvm_adapter import check_importable
+    from .models import zoo
+
+    loaded = []
+    for spec in cfg.models:
+        if spec.path is None:
+            onnx_path, eval_path = zoo.materialize(spec.name)
+        else:
+            onnx_path, eval_path = spec.path, spec.eval_path
+        model = load_model(spec.name, onnx_path, eval_path)
+        check_importable(read_onnx(onnx_path), spec.name)
+        for batch in spec.batches:
+            model.shape_for_batch(batch)
+        loaded.append(model)
+    return loaded
+
+
+def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
+    """Dense first in each (model, batch) group, so sparse variants can be compared with it."""
+    variant_dir = cache_dir() / "variants"
+    sp = cfg.sparsify
+    jobs = []
+    for spec, model in zip(cfg.models, models):
+        variants = [make_variant(model.name, model.path, None, 0.0, variant_dir)]
+        for method in sp.methods:
+            for level in sp.levels:
+                if level > 0:
+                    variants.append(make_variant(model.name, model.path, method, level, variant_dir,
+                                                 prune_first=sp.prune_first, prune_last=sp.prune_last))
+        for batch in spec.batches:
+            jobs.extend(Job(model, v, batch) for v in variants)
+    return jobs
+
+
+def host_metadata() -> dict:
+    """Where the harness (compiler side) ran; the device's own metadata comes from the runner."""
+    return {"hostname": platform.node(), "os": platform.platform(), "python": platform.python_version(),
+            "argv": sys.argv, "harness": __version__}
+
+
+def _layers(job: Job, choices: tuple[dict, ...]) -> list[dict]:
+    """Per layer: pruning record merged with the kernel the compiler chose for it (matched in graph order)."""
+    out = []
+    for i, layer in enumerate(job.variant.layers):
+        record = layer.to_dict()
+        record["shape"] = list(layer.shape)
+        choice = choices[i] if i < len(choices) else {}
+        record["kernel"] = choice.get("kernel", "default")
+        record["block"] = choice.get("block")
+        out.append(record)
+    return out
+
+
+class Benchmark:
+    """Runs the jobs of one config against one target, writing each result to the store as it is measured."""
+
+    def __init__(self, cfg: RunConfig, store, *, progress=None, kernels: str = "ours"):
+        self.cfg = cfg
+        self.store = store
+        self.profile: TargetProfile = load_target(cfg.target)
+        self.progress = progress
+        self.kernels = kernels
+        self.device = "localhost" if self.profile.transport == "local" else self.profile.name
+        self._reference: dict[str, np.ndarray] = {}
+
+    def start(self, resume: str | None) -> str:
+        """Create the run (or check the one to resume) and return its id."""
+        from .store import new_run_id
+
+        if resume:
+            run = self.store.get_run(resume)
+            if run is None:
+                raise HarnessError(f"cannot resume: no run {resume!r} in {self.store.path}; see `sparsebench results`")
+            if run["config_hash"] != config_hash(self.cfg):
+                raise HarnessError(f"cannot resume {resume}: the config changed since it started; "
+                                   "resume with the same config or start a new run")
+            return resume
+        run_id = new_run_id()
+        self.store.create_run(run_id, name=self.cfg.name, config_toml=self.cfg.source, config_hash=config_hash(self.cfg),
+                              target=self.profile.name, target_json=self.profile.tvm_target, host=host_metadata(),
+                              harness_version=__version__)
+        return run_id
+
+    def run(self, run_id: str, jobs: list[Job]) -> dict:
+        """Measure the jobs not already in the store. Returns counts {"done", "skipped", "errors"}."""
+        from .compile import ArtifactCache
+        from .transports import make_transport
+
+        done = self.store.completed(run_id)
+        todo = [j for j in jobs if (j.key, self.device) not in done]
+        counts = {"done": 0, "skipped": len(jobs) - len(todo), "errors": 0}
+        cache = ArtifactCache()
+        with make_transport(self.profile.transport) as transport:
+            if self.progress:
+                self.progress.start(len(todo))
+            for job in todo:
+                row = self.run_one(run_id, job, transport, cache)
+                counts["done"] += 1
+                counts["errors"] += row["verdict"] == "ERROR"
+                if self.progress:
+                    self.progress.advance(job.key, row)
+        return counts
+
+    def run_one(self, run_id: str, job: Job, transport, cache) -> dict:
+        from .compile.cache import BuildRequest
+        from .compile.tvm_adapter import build
+        from .device.session import run_on_device
+        from .measure import latency_stats, quality_figures, verdict
+
+        m = self.cfg.measure
+        shape = tuple(job.model.shape_for_batch(job.batch))
+        if self.progress:
+            self.progress.step(f"compile {job.key}")
+        built = build(BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.input_name, shape,
+                                   self.profile.tvm_target, self.kernels), cache)
+        row = {
+            "run_id": run_id, "variant_key": job.key, "device": self.device, "model": job.variant.model,
+            "model_sha256": job.model.sha256, "variant_sha256": job.variant.sha256, "method": job.variant.method,
+            "sparsity_target": job.variant.sparsity_target, "sparsity_actual": job.variant.sparsity_actual,
+            "block": job.variant.block_str, "batch": job.batch, "target": self.profile.name,
+            "target_json": self.profile.tvm_target, "transport": self.profile.transport,
+            "energy_status": ENERGY_UNAVAILABLE, "artifact_key": built.key, "artifact_bytes": built.artifact_bytes,
+            "compile_s": built.compile_s, "tvm_version": built.tvm_version, "layers": _layers(job, built.layers),
+            "overhead": {"compile_cached": built.cached}, "reasons": [],
+        }
+        if built.error:
+            row.update(verdict="ERROR", error=built.error)
+            self.store.add_result(row)
+            return row
+        if self.progress:
+            self.progress.step(f"run {job.key}")
+        dev = run_on_device(transport, artifact=built.artifact, eval_x=job.model.eval_x, batch=job.batch, measure=m,
+                            python=self.profile.python, label=job.key)
+        row["overhead"].update({f"{k}_s": v for k, v in dev.steps_s.items()})
+        if dev.result:
+            row["device_meta"] = dev.result.get("device_meta")
+            row["overhead"].update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
+        if dev.error:
+            row.update(verdict="ERROR", error=dev.error)
+            self.store.add_result(row)
+            return row
+
+        result = dev.result
+        stats = latency_stats(result["latencies_ns"])
+        dense = None if job.variant.method == "dense" else self.store.outputs(run_id, job.dense_key, self.device)
+        if job.variant.method == "dense":
+            dense = dev.outputs
+        reference = self.reference(job)
+        quality = quality_figures(dev.outputs, labels=job.model.eval_y, dense=dense, reference=reference)
+        status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, max_cv=m.max_cv, ref_rtol=m.ref_rtol)
+        row.update(
+            latency_p50_ms=stats.p50_ms, latency_p90_ms=stats.p90_ms, latency_p99_ms=stats.p99_ms,
+            latency_mean_ms=stats.mean_ms, latency_std_ms=stats.std_ms, latency_min_ms=stats.min_ms,
+            latency_max_ms=stats.max_ms, latency_cv=stats.cv, n_iter=stats.n, warmup_runs=result["warmup_runs"],
+            accuracy=quality.accuracy, top1_agreement=quality.top1_agreement, max_abs_err=quality.max_abs_err,
+            ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
+            reasons=reasons,
+        )
+        self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
+        return row
+
+    def reference(self, job: Job) -> np.ndarray | None:
+        """Reference outputs of the variant's own ONNX (pruned weights, dense math), cached per variant."""
+        from .models.reference import reference_outputs
+
+        sha = job.variant.sha256
+        if sha not in self._reference:
+            try:
+                self._reference[sha], _ = reference_outputs(job.variant.onnx_path, job.model.input_name,
+                                                            job.model.eval_x)
+            except Exception:  # the verdict then says "no reference outputs" rather than inventing one
+                self._reference[sha] = None
+        return self._reference[sha]
+
+

@@ -1,0 +1,228 @@
+"""``sparsebench``: the command line. The one place a :class:`HarnessError` becomes a message and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import HarnessError
+from .paths import DEFAULT_DB
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create ``path`` and prove we can write there, before any measurement depends on it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sparsebench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise HarnessError(f"{what} {path} is not writable ({err.strerror}); choose another directory with --out") from None
+    return path
+
+
+class Progress:
+    """Progress bars (rich) on stderr: one bar over the (variant, batch) jobs, its text the current step."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.console, disable=not enabled, transient=False)
+        self._task = None
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        self._task = self._bar.add_task("starting", total=total)
+
+    def step(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
+
+    def advance(self, key: str, row: dict) -> None:
+        if row["verdict"] == "ERROR":
+            self.console.print(f"[red]ERROR[/red] {key}: {row['error']}")
+        elif row["verdict"] == "INVALID":
+            self.console.print(f"[yellow]INVALID[/yellow] {key}: {'; '.join(row['reasons'])}")
+        self._bar.advance(self._task)
+
+
+def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: str, progress: bool) -> int:
+    from .bench import Benchmark, load_models, plan_jobs
+    from .store import ResultStore
+
+    if out is not None:
+        ensure_writable_dir(out, "report directory")
+    store = ResultStore(db)
+    bench = Benchmark(cfg, store, kernels=kernels)
+    models = load_models(cfg)
+    jobs = plan_jobs(cfg, models)
+    run_id = bench.start(resume)
+    print(f"run {run_id}: {len(jobs)} variant x batch jobs on target {cfg.target} -> {db}", file=sys.stderr)
+    try:
+        with Progress(progress) as bar:
+            bench.progress = bar
+            counts = bench.run(run_id, jobs)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished results are kept in {db}; continue with --resume {run_id}", file=sys.stderr)
+        return 130
+    print(f"run {run_id}: measured {counts['done']}, kept {counts['skipped']} from before, "
+          f"{counts['errors']} error rows", file=sys.stderr)
+    if out is not None:
+        _write_report(store, run_id, out)
+    store.close()
+    return 0
+
+
+def _write_report(store, run_id: str, out: Path) -> None:
+    from .report import write_report
+
+    rows = store.results(run_id)
+    samples = {r["variant_key"]: [v / 1e6 for v in store.samples(r["id"])] for r in rows if r["verdict"] != "ERROR"}
+    run = store.get_run(run_id)
+    run_info = {"run_id": run_id, "name": run["name"], "created_at": run["created_at"], "target": run["target"],
+                "tvm_target": run["target_json"]}
+    device_meta = next((r["device_meta"] for r in rows if r.get("device_meta")), None)
+    if device_meta:
+        run_info["device"] = device_meta
+    paths = write_report(rows, out, title=f"sparsebench report — run {run_id}", samples=samples, run_info=run_info)
+    print(f"report: {paths['html']}", file=sys.stderr)
+
+
+def cmd_demo(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(CONFIGS / ("demo-quick.toml" if args.quick else "demo.toml"))
+    return _run_config(cfg, args.db, args.resume, args.out, "ours", not args.no_progress)
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    return _run_config(cfg, args.db or cfg.db, args.resume, args.out, args.kernels, not args.no_progress)
+
+
+def _existing_store(db: Path):
+    from .store import ResultStore
+
+    if not db.is_file():
+        raise HarnessError(f"no results store at {db}; run `sparsebench demo` first or pass --db")
+    return ResultStore(db)
+
+
+def cmd_report(args) -> int:
+    store = _existing_store(args.db)
+    run_id = store.resolve_run(args.run_id)
+    ensure_writable_dir(args.out, "report directory")
+    _write_report(store, run_id, args.out)
+    return 0
+
+
+def cmd_results(args) -> int:
+    store = _existing_store(args.db)
+    if args.run_id is None and args.csv is None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("run", "name", "created", "target", "results", "valid", "invalid", "error")
+        for r in store.list_runs():
+            table.add_row(r["run_id"], r["name"], r["created_at"], r["target"], str(r["n_results"]),
+                          str(r["n_valid"] or 0), str(r["n_invalid"] or 0), str(r["n_error"] or 0))
+        Console().print(table)
+        return 0
+    from .report import CSV_COLUMNS, write_csv
+
+    run_id = store.resolve_run(args.run_id)
+    rows = store.results(run_id)
+    if args.csv:
+        try:
+            write_csv(rows, args.csv)
+        except OSError as err:
+            raise HarnessError(f"cannot write {args.csv}: {err.strerror}; choose another path") from None
+        print(f"{len(rows)} rows of run {run_id} -> {args.csv}", file=sys.stderr)
+    else:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "run_id": run_id} for r in rows)
+    return 0
+
+
+def cmd_targets(args) -> int:
+    import json
+
+    from .config import known_targets, load_target
+
+    for name in known_targets():
+        profile = load_target(name)
+        print(f"{name:12s} {profile.description}\n{'':12s} transport={profile.transport} "
+              f"target={json.dumps(profile.tvm_target)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsebench",
+                                     description="Measure what weight sparsity buys a pruned network on your hardware.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_db(p):
+        p.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
+
+    p = sub.add_parser("demo", help="built-in models on this machine, then the report")
+    p.add_argument("--quick", action="store_true", help="fewer variants and shorter timing (< 3 min on 2 cores)")
+    p.add_argument("--out", type=Path, default=Path("results") / "demo", help="report directory (default results/demo)")
+    p.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted demo run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_db(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run a benchmark config (TOML)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--resume", metavar="RUN_ID", help="measure only what run RUN_ID is missing")
+    p.add_argument("--out", type=Path, help="also write the report into this directory")
+    p.add_argument("--db", type=Path, default=None, help="results store (default: the config's, else results/results.db)")
+    p.add_argument("--kernels", choices=("ours", "tvm-default"), default="ours",
+                   help="ours: schedules/ kernels (default); tvm-default: TVM's default pipeline only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write the HTML/Markdown/CSV report of a run")
+    p.add_argument("run_id", nargs="?", help="run to report (default: the latest)")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    add_db(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("results", help="list runs, or print / export one run's results")
+    p.add_argument("run_id", nargs="?", help="run to show (default: list runs; with --csv: the latest)")
+    p.add_argument("--csv", type=Path, help="write the run's results.csv here")
+    add_db(p)
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("targets", help="list device profiles")
+    p.set_defaults(func=cmd_targets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as err:
+        print(f"sparsebench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Benchmark configs (TOML) and device profiles (``targets/*.toml``) as frozen dataclasses.
+
+Everything is validated here, once, with errors that name the bad value and the fix; the rest of the harness trusts
+these objects.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HarnessError
+from .paths import DEFAULT_DB, TARGETS_DIR
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+METHODS = ("unstructured", "block")
+DEFAULT_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: ``unstructured`` or ``block`` with an r×c block (rows × cols of the [N, K] weight)."""
+
+    name: str
+    block: tuple[int, int] = (1, 1)
+
+    @property
+    def label(self) -> str:
+        """``unstructured`` or ``block:16x1`` -- the spelling used in configs."""
+        return self.name if self.name != "block" else f"block:{self.block[0]}x{self.block[1]}"
+
+    @property
+    def block_str(self) -> str:
+        """``16x1`` for block pruning, ``""`` otherwise (the ``block`` CSV column)."""
+        return f"{self.block[0]}x{self.block[1]}" if self.name == "block" else ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to benchmark: a zoo name or an ONNX path with an optional ``.npz`` evaluation set."""
+
+    name: str
+    path: Path | None = None  # None -> built-in zoo model
+    eval_path: Path | None = None
+    batches: tuple[int, ...] = (1,)
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How the device-side runner times a variant (seconds are wall-clock on the device)."""
+
+    warmup_runs: int = 5
+    warmup_s: float = 0.2
+    min_runs: int = 30
+    min_s: float = 0.5
+    max_runs: int = 100_000
+    max_cv: float = 0.10  # coefficient of variation above which a latency is INVALID
+    min_valid_runs: int = 10  # fewer timed iterations than this -> INVALID
+    ref_rtol: float = 1e-4  # compiled outputs vs the reference evaluation of the same model, relative to max |ref|
+    timeout_s: float = 900.0  # one variant's whole run on the device
+
+
+@dataclass(frozen=True)
+class SparsifyConfig:
+    """Which variants to make: every method at every level (level 0 is the single dense baseline)."""
+
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    methods: tuple[Method, ...] = (Method("unstructured"), Method("block", (16, 1)))
+    prune_first: bool = True
+    prune_last: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole benchmark: models x variants x batches on one target."""
+
+    name: str
+    target: str
+    models: tuple[ModelSpec, ...]
+    sparsify: SparsifyConfig = field(default_factory=SparsifyConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    db: Path = DEFAULT_DB
+    source: str = ""  # the TOML text (stored with the run)
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """A device profile from ``targets/<name>.toml``: how to compile for it and how to reach it."""
+
+    name: str
+    description: str
+    tvm_target: dict  # resolved TVM target dict (``mcpu = "from-cpuinfo"`` already replaced)
+    transport: str = "local"
+    python: str = ""  # interpreter on the device; "" = the harness's own interpreter (local transport)
+    path: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parsing helpers
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise HarnessError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def check_sparsity(level: Any, where: str = "sparsity") -> float:
+    """A sparsity level must be a number in [0, 1): 1.0 would remove every weight."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
+        raise HarnessError(f"{where}: sparsity {level!r} is outside [0, 1); use a fraction of zeros such as 0.9")
+    return float(level)
+
+
+_BLOCK_RE = re.compile(r"^block:(\d+)x(\d+)$")
+
+
+def parse_method(text: str, where: str = "sparsify.methods") -> Method:
+    """``unstructured`` or ``block:RxC``."""
+    if text == "unstructured":
+        return Method("unstructured")
+    match = _BLOCK_RE.match(text)
+    if match:
+        r, c = int(match.group(1)), int(match.group(2))
+        if r < 1 or c < 1:
+            raise HarnessError(f"{where}: block shape {text!r} needs positive sizes, e.g. block:16x1")
+        return Method("block", (r, c))
+    raise HarnessError(f"{where}: unknown method {text!r}; known: unstructured, block:RxC (e.g. block:16x1)")
+
+
+def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
+    where = f"models[{index}]"
+    _check_keys(table, {"name", "path", "eval", "batch"}, where)
+    batches = table.get("batch", [1])
+    if isinstance(batches, int):
+        batches = [batches]
+    if not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        raise HarnessError(f"{where}: batch must be a positive integer or a list of them, got {batches!r}")
+    path = table.get("path")
+    if path is None:
+        from .models import zoo
+
+        name = table.get("name")
+        if name not in zoo.MODELS:
+            raise HarnessError(
+                f"{where}: unknown built-in model {name!r}; known: {', '.join(zoo.MODELS)} "
+                "(or give path = \"model.onnx\")"
+            )
+        return ModelSpec(name=name, batches=tuple(batches))
+    onnx_path = (base / path).resolve()
+    eval_path = table.get("eval")
+    return ModelSpec(
+        name=table.get("name") or onnx_path.stem,
+        path=onnx_path,
+        eval_path=(base / eval_path).resolve() if eval_path else None,
+        batches=tuple(batches),
+    )
+
+
+def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> RunConfig:
+    """Validate a config dict (the parsed TOML) into a :class:`RunConfig`."""
+    _check_keys(data, {"run", "measure", "sparsify", "models"}, "config")
+    run = data.get("run", {})
+    _check_keys(run, {"name", "target", "db"}, "[run]")
+    target = run.get("target", "local")
+    known_targets()  # fail early with the list when the targets folder is broken
+    if target not in known_targets():
+        raise HarnessError(f"unknown target {target!r}; known: {', '.join(known_targets())} (profiles in {TARGETS_DIR})")
+
+    sp = data.get("sparsify", {})
+    _check_keys(sp, {"levels", "methods", "prune_first", "prune_last"}, "[sparsify]")
+    levels = tuple(check_sparsity(v, "[sparsify].levels") for v in sp.get("levels", DEFAULT_LEVELS))
+    if not levels:
+        raise HarnessError("[sparsify].levels is empty; give at least one level, e.g. [0, 0.9]")
+    methods = tuple(parse_method(m) for m in sp.get("methods", ["unstructured", "block:16x1"]))
+    sparsify = SparsifyConfig(
+        levels=tuple(sorted(set(levels))),
+        methods=methods,
+        prune_first=bool(sp.get("prune_first", True)),
+        prune_last=bool(sp.get("prune_last", False)),
+    )
+
+    ms = data.get("measure", {})
+    fields = set(MeasureConfig.__dataclass_fields__)
+    _check_keys(ms, fields, "[measure]")
+    for key, value in ms.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise HarnessError(f"[measure].{key} must be a non-negative number, got {value!r}")
+    measure = MeasureConfig(**ms)
+
+    models = data.get("models", [])
+    if not models:
+        raise HarnessError("config has no [[models]]; add one, e.g. [[models]] name = \"digits-mlp\"")
+    return RunConfig(
+        name=str(run.get("name", "run")),
+        target=target,
+        models=tuple(_parse_model(m, base, i) for i, m in enumerate(models)),
+        sparsify=sparsify,
+        measure=measure,
+        db=Path(run.get("db", DEFAULT_DB)),
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a benchmark config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise HarnessError(f"cannot read config {path}: {err.strerror}; check the path") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise HarnessError(f"config {path} is not valid TOML: {err}") from None
+    return parse_config(data, base=path.resolve().parent, source=text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# device profiles
+
+
+def known_targets() -> list[str]:
+    """Names of the profiles in ``targets/`` (file stems)."""
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+
+
+def cpuinfo_flags(text: str | None = None) -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (x86 ``flags`` or ARM ``Features``)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+# x86-64 micro-architecture levels (the psABI's v2/v3/v4), each with the cpuinfo flags it needs. LLVM accepts the
+# level names as -mcpu; we add mattr explicitly so the vector width is visible to our schedules.
+_X86_LEVELS = (
+    ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+    ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "fma", "f16c", "movbe"}),
+    ("x86-64-v2", {"sse4_1", "sse4_2", "ssse3", "popcnt"}),
+)
+_X86_MATTR = (("sse4.2", "sse4_2"), ("avx", "avx"), ("avx2", "avx2"), ("fma", "fma"), ("f16c", "f16c"),
+              ("avx512f", "avx512f"), ("avx512bw", "avx512bw"), ("avx512dq", "avx512dq"), ("avx512vl", "avx512vl"))
+
+
+def x86_target_from_flags(flags: set[str]) -> dict:
+    """An explicit x86-64 llvm target for the CPU whose cpuinfo ``flags`` are given.
+
+    LLVM's own host detection is not trusted: inside VMs it has reported CPUs whose features the VM does not
+    expose. Plain ``"llvm"`` would mean baseline SSE2 (no AVX), a 2-3x slower dense baseline.
+    """
+    mcpu = "x86-64"
+    for name, needed in _X86_LEVELS:
+        if needed <= flags:
+            mcpu = name
+            break
+    mattr = [f"+{llvm}" for llvm, flag in _X86_MATTR if flag in flags]
+    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
+    if mattr:
+        target["mattr"] = mattr
+    return target
+
+
+def _resolve_tvm_target(raw: dict, where: str) -> dict:
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise HarnessError(f"{where}: [tvm].target must be a table with a 'kind', e.g. {{kind = \"llvm\"}}")
+    target = dict(raw)
+    if target.get("mcpu") == "from-cpuinfo":
+        import os
+
+        derived = x86_target_from_flags(cpuinfo_flags())
+        target.update({k: v for k, v in derived.items() if k not in ("kind",)})
+        target.setdefault("num-cores", os.cpu_count() or 1)
+    return target
+
+
+def load_target(name: str) -> TargetProfile:
+    """Load ``targets/<name>.toml``; unknown names list the known ones."""
+    path = TARGETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise HarnessError(f"unknown target {name!r}; known: {', '.join(known_targets())} (profiles in {TARGETS_DIR})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise HarnessError(f"target profile {path} is not valid TOML: {err}") from None
+    where = f"target profile {path.name}"
+    _check_keys(data, {"name", "description", "device", "tvm"}, where)
+    device = data.get("device", {})
+    _check_keys(device, {"transport", "python"}, f"{where} [device]")
+    transport = device.get("transport", "local")
+    if transport != "local":
+        raise HarnessError(f"{where}: unknown transport {transport!r}; known: local")
+    tvm = data.get("tvm", {})
+    _check_keys(tvm, {"target"}, f"{where} [tvm]")
+    return TargetProfile(
+        name=data.get("name", name),
+        description=data.get("description", ""),
+        tvm_target=_resolve_tvm_target(tvm.get("target"), where),
+        transport=transport,
+        python=device.get("python", ""),
+        path=path,
+    )

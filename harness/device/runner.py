@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""sparsebench device-side runner: load one compiled model, time it, evaluate it, describe the device.
+
+Self-contained on purpose: this file is copied to boards and must run with only numpy and the TVM *runtime*
+(``TVM_USE_RUNTIME_LIB=1``: no compiler, ``tvm.runtime.vm.VirtualMachine``). It imports nothing from sparsebench.
+
+Usage: ``python runner.py JOB.json``. The job names the artifact, an ``.npy`` of evaluation inputs, the batch and
+the timing rules; the runner writes ``result.json`` (and ``outputs.npy``) next to the job file and prints the
+result JSON as its last stdout line.
+
+Timing: warm-up until both ``warmup_runs`` and ``warmup_s`` are reached; then every iteration is timed on its own
+(perf_counter_ns around one call, with a device sync) until both ``min_runs`` and ``min_s`` are reached, capped
+at ``max_runs``. Means of batches would hide the variation we report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+RUNNER_VERSION = 1
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def device_metadata() -> dict:
+    """What the device was like while it ran: CPU, clocks, governor, temperatures, load, software versions.
+
+    Units are in the key names (``_khz``, ``_c``). A value the device does not expose is ``None``, never guessed.
+    """
+    cpu_model = None
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Hardware", "Model") and value.strip():
+            cpu_model = value.strip()
+            break
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq"
+    governors = sorted({
+        g for g in (_read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_governor") for i in range(os.cpu_count() or 1))
+        if g
+    })
+    temps = {}
+    thermal = Path("/sys/class/thermal")
+    if thermal.is_dir():
+        for zone in sorted(thermal.glob("thermal_zone*")):
+            milli = _int(_read(str(zone / "temp")))
+            if milli is not None:
+                temps[_read(str(zone / "type")) or zone.name] = milli / 1000.0
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    try:
+        import numpy
+
+        numpy_version = numpy.__version__
+    except ImportError:
+        numpy_version = None
+    try:
+        import tvm
+
+        tvm_version = tvm.__version__
+    except ImportError:
+        tvm_version = None
+    return {
+        "hostname": platform.node(),
+        "cpu_model": cpu_model,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "governor": ",".join(governors) if governors else None,
+        "cur_freq_khz": _int(_read(f"{cpufreq}/scaling_cur_freq")),
+        "max_freq_khz": _int(_read(f"{cpufreq}/cpuinfo_max_freq")),
+        "temperatures_c": temps or None,
+        "loadavg": load,
+        "os": platform.platform(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": numpy_version,
+        "tvm": tvm_version,
+        "tvm_runtime_only": os.environ.get("TVM_USE_RUNTIME_LIB") == "1",
+        "runner_version": RUNNER_VERSION,
+    }
+
+
+def _load_vm(artifact: str, device: str):
+    import tvm
+    from tvm.runtime.vm import VirtualMachine  # what relax.VirtualMachine is; works without the compiler
+
+    dev = tvm.device(device, 0)
+    lib = tvm.runtime.load_module(artifact)
+    return tvm, dev, VirtualMachine(lib, dev)
+
+
+def _first_output(out):
+    """The first tensor of a VM result (a Tensor, or an Array/tuple of them)."""
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out
+
+
+def run_job(job: dict, workdir: Path) -> dict:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    tvm, dev, vm = _load_vm(job["artifact"], job.get("device", "cpu"))
+    main = vm["main"]
+    load_s = time.perf_counter() - t0
+    rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    batch = int(job["batch"])
+    eval_x = np.load(job["eval_x"]).astype(np.float32)
+
+    def as_batches(x):
+        """Chunks of exactly ``batch`` rows (the artifact has a static batch); the last one zero-padded."""
+        for start in range(0, len(x), batch):
+            chunk = x[start:start + batch]
+            real = len(chunk)
+            if real < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - real, *chunk.shape[1:]), chunk.dtype)])
+            yield chunk, real
+
+    timing_input = tvm.runtime.tensor(next(as_batches(eval_x))[0], dev)
+
+    # warm-up: both a run count and a duration, so caches, clocks and lazy init settle
+    warm_n, start = 0, time.perf_counter()
+    while warm_n < job["warmup_runs"] or time.perf_counter() - start < job["warmup_s"]:
+        main(timing_input)
+        dev.sync()
+        warm_n += 1
+    warmup_s = time.perf_counter() - start
+
+    samples_ns = []
+    start = time.perf_counter()
+    clock = time.perf_counter_ns
+    while (len(samples_ns) < job["min_runs"] or time.perf_counter() - start < job["min_s"]) \
+            and len(samples_ns) < job["max_runs"]:
+        t = clock()
+        main(timing_input)
+        dev.sync()
+        samples_ns.append(clock() - t)
+    measure_s = time.perf_counter() - start
+
+    outputs = []
+    start = time.perf_counter()
+    for chunk, real in as_batches(eval_x):
+        out = _first_output(main(tvm.runtime.tensor(chunk, dev))).numpy()
+        outputs.append(out[:real])
+    eval_s = time.perf_counter() - start
+    out_path = workdir / "outputs.npy"
+    np.save(out_path, np.concatenate(outputs))
+
+    return {
+        "ok": True,
+        "latencies_ns": samples_ns,
+        "warmup_runs": warm_n,
+        "phases_s": {"load": load_s, "warmup": warmup_s, "measure": measure_s, "eval": eval_s},
+        "outputs": out_path.name,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "rss_after_load_mb": rss_after_load_mb,
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: runner.py JOB.json", file=sys.stderr)
+        return 2
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    workdir = job_path.parent
+    try:
+        result = run_job(job, workdir)
+    except Exception as err:  # reported as data; the host turns it into an error row
+        import traceback
+
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
+    result["device_meta"] = device_metadata()
+    text = json.dumps(result)
+    (workdir / "result.json").write_text(text)
+    print(text)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

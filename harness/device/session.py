@@ -1,0 +1,88 @@
+"""Host side of a device run, as named and timed steps: workdir -> upload -> run -> fetch -> clean.
+
+Step timings are harness overhead, stored apart from model time (which the runner measures on the device).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import MeasureConfig
+from ..paths import RUNNER_FILE
+from ..transports import Transport, TransportError
+
+
+@dataclass
+class DeviceRun:
+    """What came back from one device run: the runner's JSON, the outputs, the step timings, or an error."""
+
+    result: dict | None = None
+    outputs: np.ndarray | None = None
+    steps_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # "<step>: <message>"
+
+
+@contextmanager
+def _timed(steps: dict, name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
+
+
+def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, batch: int, measure: MeasureConfig,
+                  python: str = "", label: str = "job", keep: bool = False) -> DeviceRun:
+    """Upload ``artifact`` + runner + inputs, run the runner with the TVM runtime only, fetch its results."""
+    run = DeviceRun()
+    steps = run.steps_s
+    workdir = None
+    try:
+        with _timed(steps, "prepare"):
+            workdir = transport.make_workdir(label)
+        with tempfile.TemporaryDirectory(prefix="sparsebench-job-") as tmp:
+            tmp = Path(tmp)
+            np.save(tmp / "eval_x.npy", np.ascontiguousarray(eval_x, dtype=np.float32))
+            with _timed(steps, "upload"):
+                remote_lib = transport.put(artifact, workdir, "model.so")
+                remote_runner = transport.put(RUNNER_FILE, workdir, "runner.py")
+                remote_x = transport.put(tmp / "eval_x.npy", workdir)
+                job = {"artifact": remote_lib, "eval_x": remote_x, "batch": batch, "device": "cpu",
+                       "warmup_runs": measure.warmup_runs, "warmup_s": measure.warmup_s,
+                       "min_runs": measure.min_runs, "min_s": measure.min_s, "max_runs": measure.max_runs}
+                (tmp / "job.json").write_text(json.dumps(job))
+                remote_job = transport.put(tmp / "job.json", workdir)
+            with _timed(steps, "run"):
+                # TVM_USE_RUNTIME_LIB=1: the device has (and the runner may use) only the TVM runtime.
+                cmd = transport.run([python or transport.default_python(), remote_runner, remote_job],
+                                    env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=measure.timeout_s, cwd=workdir)
+            if cmd.timed_out:
+                run.error = f"run: timed out after {measure.timeout_s:g} s; raise [measure].timeout_s"
+                return run
+            with _timed(steps, "fetch"):
+                transport.get(f"{workdir}/result.json", tmp / "result.json")
+                result = json.loads((tmp / "result.json").read_text())
+                run.result = result
+                if not result.get("ok"):
+                    run.error = f"run: {result.get('error', 'runner failed')}"
+                    return run
+                transport.get(f"{workdir}/{result['outputs']}", tmp / "outputs.npy")
+                run.outputs = np.load(tmp / "outputs.npy")
+    except TransportError as err:
+        run.error = str(err)
+    except (OSError, ValueError) as err:
+        # result.json missing or unreadable: the runner died before writing it (crash, OOM kill)
+        tail = cmd.tail() if "cmd" in locals() else ""
+        run.error = f"run: runner produced no result ({err}){'; ' + tail if tail else ''}"
+    finally:
+        if workdir is not None and not keep:
+            with _timed(steps, "clean"):
+                transport.remove(workdir)
+    return run

@@ -1,0 +1,1 @@
+"""Models: ONNX import and validation (:mod:`.onnx_io`) and the built-in zoo (:mod:`.zoo`)."""

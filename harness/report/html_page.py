@@ -1,0 +1,176 @@
+"""report.html: one self-contained page (inline CSS, images as base64 data URIs, no scripts, nothing fetched
+from the network) that opens offline. Every string from the data goes through :func:`html.escape`."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import fmt
+from .tables import (COLUMNS, Group, problem_rows, problems_of, row_context, variant_key, verdict_counts,
+                     verdict_of)
+
+if TYPE_CHECKING:  # plots imports matplotlib; the page itself only embeds the PNGs it is given
+    from .plots import PlotSpec
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 110rem; padding: 0 1rem; color: #222; }
+h1 { margin-bottom: .2rem; } .meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr:nth-child(even) td { background: #fafafa; }
+.VALID { color: #176f2c; font-weight: 600; } .INVALID { color: #a15c00; font-weight: 600; }
+.ERROR { color: #b00020; font-weight: 600; }
+.counts span { margin-right: 1.2rem; font-size: 1.1rem; }
+pre { background: #f6f6f6; padding: .4rem .6rem; white-space: pre-wrap; word-break: break-word; margin: .2rem 0; }
+figure { display: inline-block; margin: .5rem 1rem .5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .8rem; color: #555; } details { margin: .3rem 0; } summary { cursor: pointer; }
+.note { color: #666; font-size: .85rem; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _verdict_section(rows: Sequence[dict]) -> list[str]:
+    counts = verdict_counts(rows)
+    out = ['<section id="verdicts">', "<h2>Verdicts</h2>", '<p class="counts">']
+    out += [f'<span class="{_e(v)}">{n} {_e(v)}</span>' for v, n in counts.items()]
+    out.append(f"<span>{len(rows)} rows</span></p>")
+    problems = problem_rows(rows)
+    if problems:
+        out.append("<ul>")
+        for row in problems:
+            verdict = verdict_of(row)
+            out.append(f'<li><span class="{_e(verdict)}">{_e(verdict)}</span> <code>{_e(variant_key(row))}</code>'
+                       f" ({_e(row_context(row))})")
+            out += [f"<pre>{_e(p)}</pre>" for p in problems_of(row)]
+            out.append("</li>")
+        out.append("</ul>")
+    elif rows:
+        out.append("<p>All rows are VALID.</p>")
+    out.append("</section>")
+    return out
+
+
+def _results_section(rows: Sequence[dict]) -> list[str]:
+    cols = [c for c in COLUMNS if c.name != "quality"]  # accuracy and top-1 have their own columns here
+    out = ['<section id="results">', "<h2>Results</h2>", '<table class="results">', "<thead><tr>"]
+    out += [f"<th>{_e(c.header)}</th>" for c in cols]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        cells = []
+        for c in cols:
+            text = c.cell(row)
+            cls = verdict_of(row) if c.name == "verdict" else ("num" if c.numeric else "")
+            # Hovering the verdict shows why; hovering an unavailable energy shows the sensor status.
+            tip = {"verdict": "; ".join(problems_of(row)) if verdict_of(row) != "VALID" else "",
+                   "energy": row.get("energy_status") or ""}.get(c.name, "")
+            attrs = (f' class="{_e(cls)}"' if cls else "") + (f' title="{_e(tip)}"' if tip else "")
+            cells.append(f"<td{attrs}>{_e(text)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out += ["</tbody></table>",
+            '<p class="note">Speedup = dense p50 / variant p50 within the same model, batch and device. '
+            "n/a = not available (never zero). Latencies in ms.</p>", "</section>"]
+    return out
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _plots_section(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSpec, Path]]]) -> list[str]:
+    out = ['<section id="plots">', "<h2>Plots</h2>"]
+    for group, drawn in zip(groups, figures):
+        out.append(f"<h3>{_e(group.title)}</h3>")
+        if not drawn:
+            out.append('<p class="note">No measured rows in this group: nothing to plot (see the table).</p>')
+        for spec, path in drawn:
+            out.append(f'<figure><img src="{_data_uri(path)}" alt="{_e(spec.caption)}">'
+                       f"<figcaption>{_e(spec.caption)} — {_e(Path(path).name)}</figcaption></figure>")
+    out.append("</section>")
+    return out
+
+
+def _layers_section(rows: Sequence[dict]) -> list[str]:
+    out = ['<section id="layers">', "<h2>Per-layer sparsity</h2>"]
+    for row in rows:
+        layers = row.get("layers") or []
+        verdict = _e(verdict_of(row))
+        count = f"{len(layers)} layer" + ("" if len(layers) == 1 else "s")
+        out.append(f"<details><summary><code>{_e(variant_key(row))}</code> — "
+                   f'<span class="{verdict}">{verdict}</span> — {count}</summary>')
+        if not layers:
+            out.append('<p class="note">No per-layer data.</p>')
+        else:
+            out.append("<table><thead><tr><th>layer</th><th>shape</th><th>sparsity target</th>"
+                       "<th>sparsity actual</th><th>kernel</th><th>block</th></tr></thead><tbody>")
+            for layer in layers:
+                shape = layer.get("shape")
+                block = layer.get("block")
+                out.append("<tr>" + "".join([
+                    f"<td>{_e(fmt.text(layer.get('layer')))}</td>",
+                    f'<td class="num">{_e("×".join(map(str, shape)) if shape else fmt.NA)}</td>',
+                    f'<td class="num">{_e(fmt.pct(layer.get("sparsity_target")))}</td>',
+                    f'<td class="num">{_e(fmt.pct(layer.get("sparsity_actual")))}</td>',
+                    f"<td>{_e(fmt.text(layer.get('kernel')))}</td>",
+                    f"<td>{_e('×'.join(map(str, block)) if block else '—')}</td>"]) + "</tr>")
+            out.append("</tbody></table>")
+        out.append("</details>")
+    out.append("</section>")
+    return out
+
+
+def _flatten(info: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested run_info as ``a.b`` keys, so a target dict or device metadata fit one two-column table."""
+    items: list[tuple[str, str]] = []
+    for key, value in info.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items += _flatten(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            items.append((name, ", ".join(map(str, value))))
+        else:
+            items.append((name, fmt.text(value)))
+    return items
+
+
+def _environment_section(run_info: dict | None) -> list[str]:
+    out = ['<section id="environment">', "<h2>Environment</h2>"]
+    items = _flatten(run_info or {})
+    if not items:
+        out.append('<p class="note">No run metadata.</p>')
+    else:
+        out.append("<table><tbody>")
+        out += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items]
+        out.append("</tbody></table>")
+    out.append("</section>")
+    return out
+
+
+def render_html(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSpec, Path]]], *, title: str,
+                run_info: dict | None = None) -> str:
+    """The whole page: verdicts first, then the results table, plots, per-layer tables and the environment.
+
+    ``figures`` is aligned with ``groups`` (as returned by :func:`harness.report.plots.draw_group_plots`).
+    """
+    rows = [r for g in groups for r in g.rows]
+    info = run_info or {}
+    meta = " · ".join(f"{k} {info[k]}" for k in ("run_id", "created_at") if info.get(k) is not None)
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{_e(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    if meta:
+        parts.append(f'<p class="meta">{_e(meta)}</p>')
+    parts += _verdict_section(rows)
+    parts += _results_section(rows)
+    parts += _plots_section(groups, figures)
+    parts += _layers_section(rows)
+    parts += _environment_section(run_info)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

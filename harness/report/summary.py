@@ -1,0 +1,58 @@
+"""summary.md: the verdict summary, then a compact results table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .tables import Group, columns, problem_rows, problems_of, row_context, variant_key, verdict_counts, verdict_of
+
+_MAX_MESSAGE = 400  # characters of an error shown in Markdown; the HTML report keeps the full text
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell or list item: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _clip(text: str) -> str:
+    text = _cell(text)
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 1] + "…"
+
+
+def verdict_lines(rows: Sequence[dict]) -> list[str]:
+    """Markdown lines: the verdict counts, then each non-VALID row with its error and reasons."""
+    counts = verdict_counts(rows)
+    lines = ["**" + " · ".join(f"{n} {v}" for v, n in counts.items()) + f"** ({len(rows)} rows)", ""]
+    if rows and counts["VALID"] == len(rows):
+        lines.append("All rows are VALID.")
+    for row in problem_rows(rows):
+        why = [_clip(p) for p in problems_of(row)]
+        if row.get("error"):  # problems_of puts it first
+            # A code span: errors quote code and paths, and "<bsr>" must not render as an HTML tag.
+            why[0] = "`" + why[0].replace("`", "'") + "`"
+        why = "; ".join(why)
+        lines.append(f"- **{verdict_of(row)}** `{_cell(variant_key(row))}` ({_cell(row_context(row))}): {why}")
+    return lines
+
+
+def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None = None) -> str:
+    """The whole summary.md text."""
+    rows = [r for g in groups for r in g.rows]
+    names = ["verdict", "model", "batch", "method", "block", "sparsity_target", "sparsity_actual", "p50",
+             "speedup", "quality"]
+    if len({r.get("device") for r in rows}) > 1:  # only needed to tell rows apart when several devices ran
+        names.insert(3, "device")
+    cols = columns(*names)
+    lines = [f"# {_cell(title)}", ""]
+    info = run_info or {}
+    meta = [f"{k} `{_cell(info[k])}`" for k in ("run_id", "created_at") if info.get(k) is not None]
+    if meta:
+        lines += [" · ".join(meta), ""]
+    lines += ["## Verdicts", "", *verdict_lines(rows), "", "## Results", ""]
+    lines.append("| " + " | ".join(c.header for c in cols) + " |")
+    lines.append("|" + "|".join("---:" if c.numeric else "---" for c in cols) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(c.cell(row)) for c in cols) + " |")
+    lines += ["", "Speedup = dense p50 / variant p50 within the same model, batch and device. "
+              "n/a = not available. Accuracy where the model has labels, else top-1 agreement with dense.", ""]
+    return "\n".join(lines)

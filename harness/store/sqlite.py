@@ -1,0 +1,226 @@
+"""SQLite results store.
+
+One row per (run, variant@batch, device) in ``results`` with every figure and its environment, the raw
+per-iteration latencies in ``samples``, and the evaluation outputs (``.npy`` bytes) in ``outputs`` so a resumed
+run can still compare sparse variants against a dense variant measured before the interruption.
+
+Each result is committed on its own: an interrupted run keeps everything it finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HarnessError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    config_toml TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    target TEXT NOT NULL,
+    target_json TEXT NOT NULL,
+    host_json TEXT NOT NULL,          -- where the harness ran (not the device: see results.device_meta_json)
+    harness_version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    variant_key TEXT NOT NULL,        -- model/method/level@bBATCH
+    device TEXT NOT NULL,
+    model TEXT NOT NULL,
+    model_sha256 TEXT,
+    variant_sha256 TEXT,
+    method TEXT NOT NULL,
+    sparsity_target REAL NOT NULL,
+    sparsity_actual REAL,
+    block TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    target_json TEXT NOT NULL,
+    transport TEXT NOT NULL,
+    latency_p50_ms REAL, latency_p90_ms REAL, latency_p99_ms REAL, latency_mean_ms REAL, latency_std_ms REAL,
+    latency_min_ms REAL, latency_max_ms REAL, latency_cv REAL, n_iter INTEGER, warmup_runs INTEGER,
+    accuracy REAL, top1_agreement REAL, max_abs_err REAL, ref_max_abs_err REAL,
+    energy_mj REAL, energy_status TEXT,
+    artifact_key TEXT, artifact_bytes INTEGER, compile_s REAL, peak_rss_mb REAL,
+    verdict TEXT NOT NULL,            -- VALID | INVALID | ERROR
+    reasons_json TEXT NOT NULL,
+    error TEXT,
+    layers_json TEXT NOT NULL,        -- per layer: shape, target/actual sparsity, kernel chosen
+    device_meta_json TEXT,            -- collected on the device by the runner
+    overhead_json TEXT,               -- harness step timings (s): build, upload, run, fetch, clean, ...
+    tvm_version TEXT,
+    measured_at TEXT NOT NULL,
+    UNIQUE (run_id, variant_key, device)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+    iter INTEGER NOT NULL,
+    latency_ns INTEGER NOT NULL,
+    PRIMARY KEY (result_id, iter)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    result_id INTEGER PRIMARY KEY REFERENCES results(id) ON DELETE CASCADE,
+    npy BLOB NOT NULL
+);
+"""
+
+#: schema version -> SQL that upgrades a store from that version to the next. Empty until version 2 exists.
+MIGRATIONS: dict[int, str] = {}
+
+_JSON_FIELDS = ("reasons", "layers", "device_meta", "overhead")
+
+
+def new_run_id() -> str:
+    """Sortable, unique enough: ``YYYYmmdd-HHMMSS-xxxx``."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+class ResultStore:
+    """Open (creating or migrating) a results database."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path), timeout=30)
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.row_factory = sqlite3.Row
+            self._init_schema()
+        except (OSError, sqlite3.OperationalError) as err:
+            raise HarnessError(f"cannot open results store {self.path}: {err}; choose a writable path with --db") from None
+        except sqlite3.DatabaseError as err:
+            raise HarnessError(f"results store {self.path} is not a SQLite database ({err}); move it away or use --db") from None
+
+    def _init_schema(self) -> None:
+        row = self.conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if row is None:
+            with self.conn:
+                self.conn.executescript(_SCHEMA)
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return
+        version = int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise HarnessError(
+                f"results store {self.path} has schema version {version}, newer than this sparsebench "
+                f"({SCHEMA_VERSION}); upgrade sparsebench or use another --db"
+            )
+        with self.conn:
+            while version < SCHEMA_VERSION:
+                self.conn.executescript(MIGRATIONS[version])
+                version += 1
+                self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # runs ---------------------------------------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, *, name: str, config_toml: str, config_hash: str, target: str,
+                   target_json: dict, host: dict, harness_version: str) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, name, time.strftime("%Y-%m-%dT%H:%M:%S%z"), config_toml, config_hash, target,
+                 json.dumps(target_json), json.dumps(host), harness_version),
+            )
+
+    def get_run(self, run_id: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def latest_run(self) -> str | None:
+        row = self.conn.execute("SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def list_runs(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT r.run_id, r.name, r.created_at, r.target, COUNT(x.id) AS n_results, "
+            "SUM(x.verdict='VALID') AS n_valid, SUM(x.verdict='INVALID') AS n_invalid, "
+            "SUM(x.verdict='ERROR') AS n_error FROM runs r LEFT JOIN results x ON x.run_id=r.run_id "
+            "GROUP BY r.run_id ORDER BY r.created_at, r.run_id"
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def resolve_run(self, run_id: str | None) -> str:
+        """``run_id`` if it exists, the latest run when None; a clear error otherwise."""
+        if run_id is None:
+            latest = self.latest_run()
+            if latest is None:
+                raise HarnessError(f"results store {self.path} has no runs yet; run `sparsebench demo` first")
+            return latest
+        if self.get_run(run_id) is None:
+            known = [r["run_id"] for r in self.list_runs()][-5:]
+            raise HarnessError(f"no run {run_id!r} in {self.path}; recent runs: {', '.join(known) or 'none'}")
+        return run_id
+
+    # results ------------------------------------------------------------------------------------------------------
+
+    def completed(self, run_id: str) -> set[tuple[str, str]]:
+        """(variant_key, device) pairs already measured (error rows are retried on resume, so not included)."""
+        rows = self.conn.execute("SELECT variant_key, device FROM results WHERE run_id=? AND verdict!='ERROR'",
+                                 (run_id,)).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    def add_result(self, row: dict, *, samples_ns: list[int] | None = None, outputs: np.ndarray | None = None) -> int:
+        """Insert (or replace an earlier error row for) one result, its samples and outputs, in one transaction."""
+        record = dict(row)
+        for key in _JSON_FIELDS:
+            record[f"{key}_json"] = json.dumps(record.pop(key, None) if key != "reasons" else record.pop(key, []))
+        record["target_json"] = json.dumps(record["target_json"])
+        record.setdefault("measured_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        columns = ", ".join(record)
+        marks = ", ".join("?" for _ in record)
+        with self.conn:
+            self.conn.execute("DELETE FROM results WHERE run_id=? AND variant_key=? AND device=?",
+                              (record["run_id"], record["variant_key"], record["device"]))
+            cur = self.conn.execute(f"INSERT INTO results ({columns}) VALUES ({marks})", tuple(record.values()))
+            result_id = cur.lastrowid
+            if samples_ns:
+                self.conn.executemany("INSERT INTO samples VALUES (?, ?, ?)",
+                                      ((result_id, i, int(v)) for i, v in enumerate(samples_ns)))
+            if outputs is not None:
+                self.conn.execute("INSERT INTO outputs VALUES (?, ?)", (result_id, _npy_bytes(outputs)))
+        return result_id
+
+    def results(self, run_id: str) -> list[dict]:
+        """Every result row of a run with JSON fields decoded (``reasons``, ``layers``, ``device_meta``...)."""
+        rows = self.conn.execute("SELECT * FROM results WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
+        out = []
+        for row in rows:
+            record = dict(row)
+            for key in _JSON_FIELDS:
+                raw = record.pop(f"{key}_json")
+                record[key] = json.loads(raw) if raw else None
+            record["target_json"] = json.loads(record["target_json"])
+            out.append(record)
+        return out
+
+    def samples(self, result_id: int) -> list[int]:
+        rows = self.conn.execute("SELECT latency_ns FROM samples WHERE result_id=? ORDER BY iter", (result_id,))
+        return [r[0] for r in rows]
+
+    def outputs(self, run_id: str, variant_key: str, device: str) -> np.ndarray | None:
+        row = self.conn.execute(
+            "SELECT o.npy FROM outputs o JOIN results r ON r.id=o.result_id "
+            "WHERE r.run_id=? AND r.variant_key=? AND r.device=?", (run_id, variant_key, device)).fetchone()
+        return np.load(io.BytesIO(row[0]), allow_pickle=False) if row else None

@@ -1,0 +1,84 @@
+"""The transport interface and the result of a command (the same type for local and remote execution)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """One command run on the device."""
+
+    command: list[str]
+    exit_code: int  # -1 when it timed out
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines of stderr (or stdout): what a failure message shows."""
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return " | ".join(text[-lines:])
+
+
+class TransportError(Exception):
+    """A step of talking to the device failed (connect, upload, run, fetch); carries the step name."""
+
+    def __init__(self, step: str, message: str, result: CommandResult | None = None):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.result = result
+
+
+class Transport(abc.ABC):
+    """Reach a device: a private work directory there, uploads, commands, downloads, cleanup.
+
+    Used as a context manager; connecting is lazy. Paths on the device are strings (they may not exist here).
+    """
+
+    name = "abstract"
+
+    def __enter__(self) -> "Transport":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the connection (no-op for local)."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+    @abc.abstractmethod
+    def make_workdir(self, label: str) -> str:
+        """Create and return a fresh directory on the device for one job."""
+
+    @abc.abstractmethod
+    def put(self, local: Path, remote_dir: str, name: str | None = None) -> str:
+        """Copy ``local`` into ``remote_dir``; return its path on the device."""
+
+    @abc.abstractmethod
+    def get(self, remote: str, local: Path) -> Path:
+        """Copy a device file to ``local``."""
+
+    @abc.abstractmethod
+    def run(self, command: list[str], *, env: dict[str, str] | None = None, timeout_s: float | None = None,
+            cwd: str | None = None) -> CommandResult:
+        """Run ``command`` (argv list, never a shell string) on the device."""
+
+    @abc.abstractmethod
+    def remove(self, remote_dir: str) -> None:
+        """Delete a work directory made by :meth:`make_workdir`."""
+
+    @abc.abstractmethod
+    def default_python(self) -> str:
+        """The interpreter that runs the device-side runner when the profile names none."""

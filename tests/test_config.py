@@ -1,0 +1,54 @@
+"""Config and device-profile validation: each bad input gets one error naming the thing and the fix."""
+
+import pytest
+
+from harness.config import cpuinfo_flags, load_target, parse_config, parse_method, x86_target_from_flags
+from harness.errors import HarnessError
+
+BASE = {"run": {"target": "local"}, "models": [{"name": "ffn-768"}]}
+
+
+def test_sparsity_out_of_range_is_refused():
+    for bad in (1.0, -0.1, 1.5, "0.5", True):
+        with pytest.raises(HarnessError, match=r"outside \[0, 1\)"):
+            parse_config({**BASE, "sparsify": {"levels": [0, bad]}})
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(HarnessError, match=r"unknown target 'pi9'; known: .*local"):
+        parse_config({**BASE, "run": {"target": "pi9"}})
+    with pytest.raises(HarnessError, match="known: .*local"):
+        load_target("pi9")
+
+
+def test_unknown_method_and_model_and_key():
+    with pytest.raises(HarnessError, match="unknown method 'random'"):
+        parse_method("random")
+    assert parse_method("block:4x4").block == (4, 4)
+    with pytest.raises(HarnessError, match="unknown built-in model 'resnet'; known: digits-mlp, ffn-768"):
+        parse_config({"models": [{"name": "resnet"}]})
+    with pytest.raises(HarnessError, match="unknown key"):
+        parse_config({**BASE, "measure": {"min_run": 3}})
+
+
+def test_levels_sorted_and_deduplicated():
+    cfg = parse_config({**BASE, "sparsify": {"levels": [0.9, 0, 0.5, 0.9]}})
+    assert cfg.sparsify.levels == (0.0, 0.5, 0.9)
+
+
+def test_x86_target_from_cpuinfo_flags():
+    avx2 = {"sse4_1", "sse4_2", "ssse3", "popcnt", "avx", "avx2", "bmi1", "bmi2", "fma", "f16c", "movbe"}
+    t = x86_target_from_flags(avx2)
+    assert t["mcpu"] == "x86-64-v3" and "+avx2" in t["mattr"] and "+avx512f" not in t["mattr"]
+    t = x86_target_from_flags(avx2 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})
+    assert t["mcpu"] == "x86-64-v4" and "+avx512f" in t["mattr"]
+    assert x86_target_from_flags(set())["mcpu"] == "x86-64"
+    assert "fpu" in cpuinfo_flags("processor : 0\nflags\t\t: fpu vme avx\n")
+    assert "neon" in cpuinfo_flags("Features\t: fp asimd neon\n")
+
+
+def test_local_profile_resolves_from_cpuinfo():
+    profile = load_target("local")
+    assert profile.tvm_target["kind"] == "llvm"
+    assert profile.tvm_target["mcpu"] != "from-cpuinfo"
+    assert profile.tvm_target["mtriple"] == "x86_64-linux-gnu"

@@ -1,0 +1,164 @@
+"""Unit tests for harness.report: synthetic rows in, files out (no TVM, no device)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.report import CSV_COLUMNS, pareto_front, write_csv, write_report
+from harness.report.tables import SPEEDUP, group_rows
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ERROR_MESSAGE = "compile: <bsr> kernel failed & gave up \"badly\""
+
+
+def make_row(model: str, method: str, sparsity: float, *, block: str = "", batch: int = 1, p50: float | None = 10.0,
+             accuracy: float | None = None, top1: float | None = None, verdict: str = "VALID", error: str = "",
+             reasons: list[str] | None = None) -> dict:
+    """One result row with every CSV column plus the report's extra keys."""
+    measured = p50 is not None
+    key = f"{model}/{method}{'-' + block if block else ''}/s{sparsity}/b{batch}"
+    row = {c: None for c in CSV_COLUMNS}
+    row.update({
+        "run_id": "run-1", "model": model, "method": method, "sparsity_target": sparsity,
+        "sparsity_actual": sparsity - 0.01 if sparsity else 0.0, "block": block, "batch": batch, "target": "x86",
+        "device": "laptop", "transport": "local", "latency_p50_ms": p50,
+        "latency_p90_ms": p50 * 1.1 if measured else None, "latency_p99_ms": p50 * 1.3 if measured else None,
+        "latency_mean_ms": p50 * 1.02 if measured else None, "latency_cv": 0.02 if measured else None,
+        "n_iter": 50 if measured else None, "accuracy": accuracy, "top1_agreement": top1,
+        "max_abs_err": 1e-3 * sparsity if measured else None, "energy_mj": None,
+        "energy_status": "unavailable: no power sensor", "artifact_bytes": 123456, "peak_rss_mb": 55.5,
+        "verdict": verdict, "error": error,
+        "variant_key": key, "reasons": reasons or [], "compile_s": 1.5,
+        "layers": [{"layer": "fc1", "shape": [256, 784], "sparsity_target": sparsity,
+                    "sparsity_actual": sparsity, "kernel": "bsr" if block else "dense",
+                    "block": [16, 1] if block else None}],
+    })
+    return row
+
+
+def synthetic_rows() -> list[dict]:
+    """mlp (labels): dense + unstructured + block 16x1 at 0.5/0.9, one ERROR, one INVALID.
+    tiny (no labels): dense + unstructured + block 16x1 at 0.5/0.9."""
+    rows = [make_row("mlp", "dense", 0.0, p50=10.0, accuracy=0.95, top1=1.0)]
+    for s, p50, acc in ((0.5, 8.0, 0.94), (0.9, 4.0, 0.90)):
+        rows.append(make_row("mlp", "unstructured", s, p50=p50 * 1.5, accuracy=acc, top1=0.98))
+        rows.append(make_row("mlp", "block", s, block="16x1", p50=p50, accuracy=acc - 0.01, top1=0.97))
+    rows[-1].update(verdict="INVALID", reasons=["CV 12% > 5%: noisy machine, pin the governor"])
+    rows.append(make_row("mlp", "block", 0.95, block="16x1", p50=None, verdict="ERROR", error=ERROR_MESSAGE))
+    rows.append(make_row("tiny", "dense", 0.0, p50=2.0, top1=1.0))
+    for s, p50 in ((0.5, 1.8), (0.9, 1.2)):
+        rows.append(make_row("tiny", "unstructured", s, p50=p50, top1=0.99))
+        rows.append(make_row("tiny", "block", s, block="16x1", p50=p50 * 0.8, top1=0.97))
+    return rows
+
+
+def samples_for(rows: list[dict]) -> dict[str, list[float]]:
+    return {r["variant_key"]: [r["latency_p50_ms"] * (1 + 0.01 * i) for i in range(-5, 6)]
+            for r in rows if r["latency_p50_ms"] is not None}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    rows = synthetic_rows()
+    out = tmp_path_factory.mktemp("report")
+    run_info = {"run_id": "run-1", "created_at": "2025-01-01T00:00:00Z",
+                "target": {"name": "x86", "triple": "x86_64-linux-gnu"},
+                "device": {"cpu_model": "Test CPU <fake>", "governor": "performance"}}
+    return write_report(rows, out, samples=samples_for(rows), run_info=run_info)
+
+
+def test_files_exist(report):
+    for key in ("html", "csv", "summary"):
+        assert Path(report[key]).is_file()
+    assert report["plots"]
+    for path in report["plots"]:
+        assert Path(path).parent.name == "plots"
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_csv_header_is_exactly_csv_columns(report):
+    with open(report["csv"], newline="", encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == CSV_COLUMNS
+    assert len(lines) == 1 + len(synthetic_rows())
+    error_line = next(line for line in lines[1:] if line[CSV_COLUMNS.index("verdict")] == "ERROR")
+    assert error_line[CSV_COLUMNS.index("latency_p50_ms")] == ""  # None is an empty cell, not 0
+
+
+def test_html_is_self_contained(report):
+    page = Path(report["html"]).read_text(encoding="utf-8")
+    assert not re.search(r"https?://", page)
+    assert not re.search(r"<script|<link|@import|url\(", page, flags=re.I)
+    assert page.count("data:image/png;base64,") == len(report["plots"])
+
+
+def test_verdicts_come_before_the_main_table(report):
+    page = Path(report["html"]).read_text(encoding="utf-8")
+    assert page.index('id="verdicts"') < page.index('class="results"')
+    first_header = re.search(r'<table class="results">\s*<thead><tr>\s*<th>([^<]*)</th>', page)
+    assert first_header and first_header.group(1) == "verdict"
+    md = Path(report["summary"]).read_text(encoding="utf-8")
+    assert md.index("## Verdicts") < md.index("## Results")
+    assert "1 ERROR" in md and "1 INVALID" in md and "pin the governor" in md
+
+
+def test_error_message_is_escaped(report):
+    page = Path(report["html"]).read_text(encoding="utf-8")
+    assert "compile: &lt;bsr&gt; kernel failed &amp; gave up &quot;badly&quot;" in page
+    assert "<bsr>" not in page
+    assert "Test CPU &lt;fake&gt;" in page  # run_info is escaped too
+
+
+def test_expected_plots_exist(report):
+    names = {Path(p).name for p in report["plots"]}
+    for model in ("mlp", "tiny"):
+        for kind in ("latency", "speedup", "quality", "pareto", "distribution"):
+            assert f"{model}_b1_laptop_{kind}.png" in names
+
+
+def test_unavailable_is_na_not_zero(report):
+    page = Path(report["html"]).read_text(encoding="utf-8")
+    assert "n/a" in page and "unavailable: no power sensor" in page
+
+
+def test_speedup_is_dense_p50_over_variant_p50():
+    groups = {g.model: g for g in group_rows(synthetic_rows())}
+    rows = {r["variant_key"]: r for r in groups["mlp"].rows}
+    assert rows["mlp/block-16x1/s0.5/b1"][SPEEDUP] == pytest.approx(10.0 / 8.0)
+    assert rows["mlp/dense/s0.0/b1"][SPEEDUP] == pytest.approx(1.0)
+    assert rows["mlp/block-16x1/s0.95/b1"][SPEEDUP] is None  # the ERROR row
+
+
+def test_pareto_front_hand_made():
+    points = [(1.0, 0.5), (2.0, 0.9), (1.5, 0.4), (3.0, 0.9), (0.5, 0.1), (2.0, 0.95), (None, 1.0), (0.5, 0.1)]
+    # (0.5, 0.1) twice: exact duplicates do not dominate each other; (None, 1.0) has no latency.
+    assert pareto_front(points) == [4, 7, 0, 5]
+    assert pareto_front([]) == []
+
+
+def test_all_error_group_does_not_crash(tmp_path):
+    rows = [make_row("broken", "dense", 0.0, p50=None, verdict="ERROR", error="run: device hung"),
+            make_row("broken", "block", 0.9, block="16x1", p50=None, verdict="ERROR", error="compile: boom")]
+    result = write_report(rows, tmp_path, samples={})
+    assert result["plots"] == []
+    page = Path(result["html"]).read_text(encoding="utf-8")
+    assert "device hung" in page and "nothing to plot" in page
+    assert "2 ERROR" in Path(result["summary"]).read_text(encoding="utf-8")
+
+
+def test_write_csv_standalone(tmp_path):
+    path = write_csv([{"model": "m", "verdict": "VALID", "extra": 1}], tmp_path / "sub" / "r.csv")
+    header, line = path.read_text(encoding="utf-8").splitlines()
+    assert header.split(",") == CSV_COLUMNS and "extra" not in header
+    assert line.split(",")[CSV_COLUMNS.index("model")] == "m"
+
+
+def test_import_does_not_load_matplotlib():
+    code = "import sys, harness.report; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
