@@ -75,10 +75,15 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
             for level in sp.levels:
                 if level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
-                                                 prune_first=sp.prune_first, prune_last=sp.prune_last))
+                                                 prune_first=_pick(spec.prune_first, sp.prune_first),
+                                                 prune_last=_pick(spec.prune_last, sp.prune_last)))
         for batch in spec.batches:
             jobs.extend(Job(model, v, batch) for v in variants)
     return jobs
+
+
+def _pick(override: bool | None, default: bool) -> bool:
+    return default if override is None else override
 
 
 def host_metadata() -> dict:
@@ -96,6 +101,9 @@ def _layers(job: Job, choices: tuple[dict, ...]) -> list[dict]:
         choice = choices[i] if i < len(choices) else {}
         record["kernel"] = choice.get("kernel", "default")
         record["block"] = choice.get("block")
+        for key in ("choice", "alternatives_us", "rule"):
+            if choice.get(key) is not None:
+                record[key] = choice[key]
         out.append(record)
     return out
 
@@ -110,6 +118,8 @@ class Benchmark:
         self.progress = progress
         self.kernels = kernels
         self.device = "localhost" if self.profile.transport == "local" else self.profile.name
+        # Kernels are timed where they will run: here only when this machine is the device.
+        self.choose = "measure" if self.profile.transport == "local" else "rule"
         self._reference: dict[str, np.ndarray] = {}
 
     def start(self, resume: str | None) -> str:
@@ -161,7 +171,7 @@ class Benchmark:
         if self.progress:
             self.progress.step(f"compile {job.key}")
         built = build(BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.input_name, shape,
-                                   self.profile.tvm_target, self.kernels), cache)
+                                   self.profile.tvm_target, self.kernels, self.choose), cache)
         row = {
             "run_id": run_id, "variant_key": job.key, "device": self.device, "model": job.variant.model,
             "model_sha256": job.model.sha256, "variant_sha256": job.variant.sha256, "method": job.variant.method,

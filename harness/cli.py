@@ -50,10 +50,12 @@ class Progress:
         self._bar.update(self._task, description=text)
 
     def advance(self, key: str, row: dict) -> None:
+        from rich.markup import escape  # messages contain "[measure]" etc., which rich would eat as markup
+
         if row["verdict"] == "ERROR":
-            self.console.print(f"[red]ERROR[/red] {key}: {row['error']}")
+            self.console.print(f"[red]ERROR[/red] {escape(key)}: {escape(row['error'])}")
         elif row["verdict"] == "INVALID":
-            self.console.print(f"[yellow]INVALID[/yellow] {key}: {'; '.join(row['reasons'])}")
+            self.console.print(f"[yellow]INVALID[/yellow] {escape(key)}: {escape('; '.join(row['reasons']))}")
         self._bar.advance(self._task)
 
 

@@ -50,6 +50,8 @@ class ModelSpec:
     path: Path | None = None  # None -> built-in zoo model
     eval_path: Path | None = None
     batches: tuple[int, ...] = (1,)
+    prune_first: bool | None = None  # None: [sparsify].prune_first
+    prune_last: bool | None = None  # None: [sparsify].prune_last
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,24 @@ class TargetProfile:
     description: str
     tvm_target: dict  # resolved TVM target dict (``mcpu = "from-cpuinfo"`` already replaced)
     transport: str = "local"
-    python: str = ""  # interpreter on the device; "" = the harness's own interpreter (local transport)
+    python: str = ""  # interpreter on the device; "" = the transport's default (local: the harness's own)
     path: Path | None = None
+    # every target of the board by role: {"cpu": tvm_target} plus e.g. {"cuda": {... "host": tvm_target}}
+    tvm_targets: dict = field(default_factory=dict)
+    toolchain: str = "native"  # how artifacts are linked: one of TOOLCHAINS
+    port: int = 22  # default ssh port (Termux's sshd: 8022); the device URL and ~/.ssh/config win
+    remote_root: str = "~/.cache/sparsebench"  # per-run work directories go below this on the device
+    energy: tuple[str, ...] = ()  # power sensor kinds the board has, in order of preference (ENERGY_SENSORS)
+    needs: tuple[str, ...] = ()  # what the device needs installed (text; `sparsebench doctor` checks it)
+    prepare: tuple[str, ...] = ()  # commands to run on the device before measuring (clocks, governor)
+    notes: str = ""
+
+
+#: cross toolchains a profile may name: the host compiler, GNU/zig for aarch64 Linux, the Android NDK
+TOOLCHAINS = ("native", "aarch64-linux-gnu", "aarch64-linux-android")
+#: power sensor kinds (see DEVICE_FACTS): Intel RAPL, Jetson INA3221 (hwmon or iio), tegrastats, Pi 5 PMIC via
+#: vcgencmd, a phone's battery fuel gauge, an external meter (no on-board sensor: energy is unavailable)
+ENERGY_SENSORS = ("rapl", "ina3221", "tegrastats", "vcgencmd-pmic", "battery", "external-meter")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,7 +155,11 @@ def parse_method(text: str, where: str = "sparsify.methods") -> Method:
 
 def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
     where = f"models[{index}]"
-    _check_keys(table, {"name", "path", "eval", "batch"}, where)
+    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last"}, where)
+    prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
+    for key, value in prune.items():
+        if not isinstance(value, bool):
+            raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
     batches = table.get("batch", [1])
     if isinstance(batches, int):
         batches = [batches]
@@ -153,7 +175,7 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
                 f"{where}: unknown built-in model {name!r}; known: {', '.join(zoo.MODELS)} "
                 "(or give path = \"model.onnx\")"
             )
-        return ModelSpec(name=name, batches=tuple(batches))
+        return ModelSpec(name=name, batches=tuple(batches), **prune)
     onnx_path = (base / path).resolve()
     eval_path = table.get("eval")
     return ModelSpec(
@@ -161,6 +183,7 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
         path=onnx_path,
         eval_path=(base / eval_path).resolve() if eval_path else None,
         batches=tuple(batches),
+        **prune,
     )
 
 
@@ -298,19 +321,95 @@ def load_target(name: str) -> TargetProfile:
     except tomllib.TOMLDecodeError as err:
         raise HarnessError(f"target profile {path} is not valid TOML: {err}") from None
     where = f"target profile {path.name}"
-    _check_keys(data, {"name", "description", "device", "tvm"}, where)
+    _check_keys(data, {"name", "description", "notes", "device", "tvm", "build", "energy"}, where)
     device = data.get("device", {})
-    _check_keys(device, {"transport", "python"}, f"{where} [device]")
+    _check_keys(device, {"transport", "python", "port", "remote_root", "needs", "prepare"}, f"{where} [device]")
+    from .transports import TRANSPORTS
+
     transport = device.get("transport", "local")
-    if transport != "local":
-        raise HarnessError(f"{where}: unknown transport {transport!r}; known: local")
+    if transport not in TRANSPORTS:
+        raise HarnessError(f"{where}: unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
+    port = device.get("port", 22)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise HarnessError(f"{where} [device]: port must be an integer in 1-65535, got {port!r}")
     tvm = data.get("tvm", {})
-    _check_keys(tvm, {"target"}, f"{where} [tvm]")
+    _check_keys(tvm, {"target", "cuda"}, f"{where} [tvm]")
+    cpu = _resolve_tvm_target(tvm.get("target"), where)
+    _check_llvm_target(cpu, f"{where} [tvm].target")
+    targets = {"cpu": cpu}
+    if "cuda" in tvm:
+        targets["cuda"] = _cuda_target(tvm["cuda"], cpu, f"{where} [tvm].cuda")
+    build = data.get("build", {})
+    _check_keys(build, {"toolchain"}, f"{where} [build]")
+    toolchain = build.get("toolchain", "native")
+    if toolchain not in TOOLCHAINS:
+        raise HarnessError(f"{where} [build]: unknown toolchain {toolchain!r}; known: {', '.join(TOOLCHAINS)}")
+    if toolchain != "native" and not str(cpu.get("mtriple", "")).startswith(toolchain):
+        raise HarnessError(f"{where}: toolchain {toolchain!r} does not build for mtriple {cpu.get('mtriple')!r}; "
+                           f"use mtriple = \"{toolchain}\" or another toolchain")
+    energy = data.get("energy", {})
+    _check_keys(energy, {"sensors"}, f"{where} [energy]")
+    sensors = _strings(energy.get("sensors", []), f"{where} [energy].sensors")
+    unknown = [s for s in sensors if s not in ENERGY_SENSORS]
+    if unknown:
+        raise HarnessError(f"{where} [energy]: unknown sensor kind(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(ENERGY_SENSORS)}")
+    for key in ("python", "remote_root", "description", "notes"):
+        value = (device if key in ("python", "remote_root") else data).get(key, "")
+        if not isinstance(value, str):
+            raise HarnessError(f"{where}: {key} must be a string, got {value!r}")
     return TargetProfile(
         name=data.get("name", name),
         description=data.get("description", ""),
-        tvm_target=_resolve_tvm_target(tvm.get("target"), where),
+        tvm_target=cpu,
         transport=transport,
         python=device.get("python", ""),
         path=path,
+        tvm_targets=targets,
+        toolchain=toolchain,
+        port=port,
+        remote_root=device.get("remote_root") or "~/.cache/sparsebench",
+        energy=sensors,
+        needs=_strings(device.get("needs", []), f"{where} [device].needs"),
+        prepare=_strings(device.get("prepare", []), f"{where} [device].prepare"),
+        notes=data.get("notes", "").strip(),
     )
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise HarnessError(f"{where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _check_llvm_target(target: dict, where: str) -> None:
+    """The pitfalls of DEVICE_FACTS as errors: explicit triple, aarch64 spelling, flag lists, core count."""
+    if target.get("kind") != "llvm":
+        raise HarnessError(f"{where}: the CPU target needs kind = \"llvm\", got {target.get('kind')!r} "
+                           "(a GPU goes in [tvm].cuda)")
+    triple = target.get("mtriple")
+    if not isinstance(triple, str) or not triple:
+        raise HarnessError(f"{where}: give an explicit mtriple, e.g. \"aarch64-linux-gnu\" (plain llvm reports the "
+                           "compiler's own triple)")
+    if triple.startswith("arm64-"):
+        raise HarnessError(f"{where}: mtriple {triple!r}: TVM does not treat arm64-* as aarch64; "
+                           f"write {'aarch64-' + triple[len('arm64-'):]!r}")
+    mattr = target.get("mattr", [])
+    if not isinstance(mattr, list) or not all(isinstance(a, str) and a[:1] in "+-" and len(a) > 1 for a in mattr):
+        raise HarnessError(f"{where}: mattr must be a list like [\"+neon\", \"-sve\"], got {mattr!r}")
+    cores = target.get("num-cores", 1)
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise HarnessError(f"{where}: num-cores must be a positive integer, got {cores!r}")
+
+
+def _cuda_target(raw: Any, host: dict, where: str) -> dict:
+    """A CUDA target with the board's CPU target as its host (TVM's shipped Jetson tags get the host wrong)."""
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{where} must be a table, e.g. {{kind = \"cuda\", arch = \"sm_87\"}}")
+    _check_keys(raw, {"kind", "arch", "max_threads_per_block", "max_shared_memory_per_block"}, where)
+    if raw.get("kind", "cuda") != "cuda":
+        raise HarnessError(f"{where}: kind must be \"cuda\", got {raw.get('kind')!r}")
+    if not re.fullmatch(r"sm_\d{2,3}[a-z]?", str(raw.get("arch", ""))):
+        raise HarnessError(f"{where}: arch must name the GPU's compute capability, e.g. \"sm_87\" (Orin), "
+                           f"got {raw.get('arch')!r}")
+    return {**raw, "kind": "cuda", "host": dict(host)}

@@ -25,6 +25,7 @@ class BuildRequest:
     input_shape: tuple[int, ...]
     target: dict  # TVM target dict
     kernels: str = "ours"  # "ours": schedules/ rewrite; "tvm-default": TVM's default pipeline only
+    choose: str = "measure"  # per-layer kernel choice: "measure" (time candidates here = the device) or "rule"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def build_key(req: BuildRequest, tvm_version: str) -> str:
         "input": [req.input_name, list(req.input_shape)],
         "target": req.target,
         "kernels": req.kernels,
+        "choose": req.choose if req.kernels == "ours" else "",
         "schedules": schedules_hash() if req.kernels == "ours" else "",
         "tvm": tvm_version,
     }

@@ -6,11 +6,19 @@ support.cc): keeping every call here keeps the damage of the next move in one fi
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
 from ..errors import HarnessError
-from .cache import ArtifactCache, BuildRequest, BuildResult, build_key
+from ..paths import cache_dir
+from .cache import ArtifactCache, BuildRequest, BuildResult, build_key, schedules_hash
+
+# TVM sizes its thread pool once, on first use, from TVM_NUM_THREADS or else half the logical CPUs (it assumes
+# SMT on x86): one thread on a 2-vCPU VM. Kernel timings taken here for the per-layer choice must use the
+# same thread count the device runner uses (all available cores).
+if hasattr(os, "sched_getaffinity"):
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def tvm_version() -> str:
@@ -55,8 +63,13 @@ def _compile(req: BuildRequest, out_path) -> list[dict]:
     layers: list[dict] = []
     if req.kernels == "ours":
         from schedules import rewrite_module
+        from schedules.choose import MeasuredChooser
 
-        mod, layers = rewrite_module(mod, target)
+        chooser = None  # None: the rule in schedules (used when this machine is not the device)
+        if req.choose == "measure":
+            chooser = MeasuredChooser(target, cache_file=cache_dir() / "kernel_timings.json",
+                                      fingerprint=schedules_hash())
+        mod, layers = rewrite_module(mod, target, chooser=chooser)
     ex = tvm.compile(mod, target=target)
     ex.export_library(str(out_path))
     return [dict(layer) for layer in layers]

@@ -86,7 +86,8 @@ def device_metadata() -> dict:
         "cpu_model": cpu_model,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_affinity": available_cores(),
+        "tvm_num_threads": os.environ.get("TVM_NUM_THREADS"),
         "governor": ",".join(governors) if governors else None,
         "cur_freq_khz": _int(_read(f"{cpufreq}/scaling_cur_freq")),
         "max_freq_khz": _int(_read(f"{cpufreq}/cpuinfo_max_freq")),
@@ -100,6 +101,24 @@ def device_metadata() -> dict:
         "tvm_runtime_only": os.environ.get("TVM_USE_RUNTIME_LIB") == "1",
         "runner_version": RUNNER_VERSION,
     }
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity mask first: containers and taskset restrict it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Fix TVM's thread pool size before TVM starts it (it cannot grow afterwards).
+
+    Without this TVM uses half the logical CPUs on x86 (it assumes hyper-threading), which on a 2-vCPU VM means
+    one thread while numpy uses two: every comparison would be off by 2x. An explicit ``TVM_NUM_THREADS`` wins.
+    """
+    if "TVM_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(threads or available_cores())
+    return int(os.environ["TVM_NUM_THREADS"])
 
 
 def _load_vm(artifact: str, device: str):
@@ -121,6 +140,7 @@ def _first_output(out):
 def run_job(job: dict, workdir: Path) -> dict:
     import numpy as np
 
+    threads = set_threads(job.get("threads"))
     t0 = time.perf_counter()
     tvm, dev, vm = _load_vm(job["artifact"], job.get("device", "cpu"))
     main = vm["main"]
@@ -171,6 +191,7 @@ def run_job(job: dict, workdir: Path) -> dict:
 
     return {
         "ok": True,
+        "threads": threads,
         "latencies_ns": samples_ns,
         "warmup_runs": warm_n,
         "phases_s": {"load": load_s, "warmup": warmup_s, "measure": measure_s, "eval": eval_s},

@@ -98,8 +98,18 @@ def _plots_section(groups: Sequence[Group], figures: Sequence[Sequence[tuple[Plo
     return out
 
 
+def _why(layer: dict) -> str:
+    """Why the compiler picked this layer's kernel: the measured alternatives, or the rule used."""
+    if layer.get("choice") == "measured" and layer.get("alternatives_us"):
+        timed = sorted(layer["alternatives_us"].items(), key=lambda item: item[1])
+        return "measured: " + " · ".join(f"{name} {us:.3g} µs" for name, us in timed)
+    if layer.get("choice") == "rule":
+        return f"rule: {layer.get('rule') or 'n/a'} (device not timed)"
+    return fmt.NA
+
+
 def _layers_section(rows: Sequence[dict]) -> list[str]:
-    out = ['<section id="layers">', "<h2>Per-layer sparsity</h2>"]
+    out = ['<section id="layers">', "<h2>Per-layer sparsity and kernel choice</h2>"]
     for row in rows:
         layers = row.get("layers") or []
         verdict = _e(verdict_of(row))
@@ -110,7 +120,7 @@ def _layers_section(rows: Sequence[dict]) -> list[str]:
             out.append('<p class="note">No per-layer data.</p>')
         else:
             out.append("<table><thead><tr><th>layer</th><th>shape</th><th>sparsity target</th>"
-                       "<th>sparsity actual</th><th>kernel</th><th>block</th></tr></thead><tbody>")
+                       "<th>sparsity actual</th><th>kernel</th><th>block</th><th>why</th></tr></thead><tbody>")
             for layer in layers:
                 shape = layer.get("shape")
                 block = layer.get("block")
@@ -120,7 +130,8 @@ def _layers_section(rows: Sequence[dict]) -> list[str]:
                     f'<td class="num">{_e(fmt.pct(layer.get("sparsity_target")))}</td>',
                     f'<td class="num">{_e(fmt.pct(layer.get("sparsity_actual")))}</td>',
                     f"<td>{_e(fmt.text(layer.get('kernel')))}</td>",
-                    f"<td>{_e('×'.join(map(str, block)) if block else '—')}</td>"]) + "</tr>")
+                    f"<td>{_e('×'.join(map(str, block)) if block else '—')}</td>",
+                    f"<td>{_e(_why(layer))}</td>"]) + "</tr>")
             out.append("</tbody></table>")
         out.append("</details>")
     out.append("</section>")

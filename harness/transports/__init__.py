@@ -2,17 +2,28 @@
 
 from .base import CommandResult, Transport, TransportError
 from .local import LocalTransport
+from .ssh import SSHTransport  # paramiko itself is imported only when a connection opens
 
-TRANSPORTS = {"local": LocalTransport}
+TRANSPORTS = {"local": LocalTransport, "ssh": SSHTransport}
 
 
 def make_transport(name: str, **options) -> Transport:
-    """The transport registered as ``name``."""
+    """The transport registered as ``name``, or the one a device names: ``ssh://[user@]host[:port]`` or a Host
+    alias from ``~/.ssh/config`` (both built as :class:`SSHTransport` with ``host`` set). Connects nothing."""
     from ..errors import HarnessError
 
+    if "://" in name:
+        scheme = name.partition("://")[0]
+        if scheme != "ssh":
+            raise HarnessError(f"unknown device scheme {scheme!r} in {name!r}; known: ssh://[USER@]HOST[:PORT]")
+        return SSHTransport(name, **options)
     if name not in TRANSPORTS:
+        if name and name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            return SSHTransport(name, require_alias=True, **options)  # refused with the known forms if no alias
         raise HarnessError(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}")
+    if name == "ssh" and "host" not in options:
+        raise HarnessError("the ssh transport needs a device: --device ssh://USER@HOST[:PORT] or a Host alias")
     return TRANSPORTS[name](**options)
 
 
-__all__ = ["CommandResult", "Transport", "TransportError", "LocalTransport", "make_transport"]
+__all__ = ["CommandResult", "Transport", "TransportError", "LocalTransport", "SSHTransport", "make_transport"]

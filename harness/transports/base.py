@@ -6,6 +6,8 @@ import abc
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import HarnessError
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -28,8 +30,12 @@ class CommandResult:
         return " | ".join(text[-lines:])
 
 
-class TransportError(Exception):
-    """A step of talking to the device failed (connect, upload, run, fetch); carries the step name."""
+class TransportError(HarnessError):
+    """A step of talking to the device failed (connect, prepare, upload, run, fetch, clean); carries the step name.
+
+    A :class:`HarnessError`: when it escapes a sweep (the device cannot be reached at all) the CLI prints it as one
+    line. Inside a sweep the device session turns it into an ERROR row instead.
+    """
 
     def __init__(self, step: str, message: str, result: CommandResult | None = None):
         super().__init__(f"{step}: {message}")
@@ -44,6 +50,13 @@ class Transport(abc.ABC):
     """
 
     name = "abstract"
+    #: seconds spent opening connections so far (0 for transports that need none)
+    connect_s: float = 0.0
+
+    @property
+    def device(self) -> str:
+        """The device as the results' ``device`` column names it (e.g. ``user@host:port``)."""
+        return self.name
 
     def __enter__(self) -> "Transport":
         self.connect()
@@ -53,7 +66,7 @@ class Transport(abc.ABC):
         self.close()
 
     def connect(self) -> None:
-        """Open the connection (no-op for local)."""
+        """Open the connection if it is not open (no-op for local); reconnects after a dropped connection."""
 
     def close(self) -> None:
         """Close the connection."""

@@ -21,6 +21,10 @@ class LocalTransport(Transport):
     def __init__(self, root: str | None = None):
         self._root = root
 
+    @property
+    def device(self) -> str:
+        return "localhost"
+
     def make_workdir(self, label: str) -> str:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)[:60]
         return tempfile.mkdtemp(prefix=f"sparsebench-{safe}-", dir=self._root)

@@ -1,0 +1,338 @@
+"""Block-sparse (BSR) fp32 matmul y[M, N] = x[M, K] @ W[N, K]^T.
+
+W is cut into r x c blocks over [N, K]; only blocks with a nonzero survive. Storage follows
+scipy's BSR (indices = block columns, indptr = block-row offsets) except that each block is
+stored transposed, data[nnzb, c, r], so the r output rows a block feeds are contiguous and
+form the vector lane of the kernel.
+
+The kernels are written as explicit TensorIR loop nests rather than derived with
+`s_tir.Schedule`: the reduction runs over exactly indptr[i]..indptr[i+1] (a data-dependent
+trip count), which the schedule primitives refuse, and the padded-loop form they accept
+costs max_blocks_per_row iterations on every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from .cpu import KERNEL_ATTRS, SPARE_REGISTERS, TARGET_CHAINS, CpuInfo, largest_divisor_at_most
+
+# Block shapes tried by `choose_block`, largest first. All are r x 1: the lane runs along
+# output rows, so taller blocks mean fuller vectors and fewer index loads.
+BLOCK_CANDIDATES: tuple[tuple[int, int], ...] = ((16, 1), (8, 1), (4, 1), (1, 1))
+# How much denser (at block level) than the element density a block shape may be and still
+# count as "the weight was pruned in such blocks".
+BLOCK_TOLERANCE = 1.15
+
+
+@dataclass(frozen=True)
+class BSRMatrix:
+    """A [N, K] weight in block-sparse-row form.
+
+    Attributes:
+        shape: (N, K) of the dense weight.
+        block: (r, c) block shape.
+        data: float32 [nnzb, c, r]; block b holds W[row*r + i, indices[b]*c + j] at data[b, j, i].
+        indices: int32 [nnzb] block column of each stored block.
+        indptr: int32 [ceil(N / r) + 1]; blocks of block-row i are indptr[i]:indptr[i+1].
+    """
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+
+    @property
+    def nnz_blocks(self) -> int:
+        """Number of stored (nonzero) blocks."""
+        return len(self.indices)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored arrays: values + indices + indptr."""
+        return self.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+
+    def to_dense(self) -> np.ndarray:
+        """The dense [N, K] weight (for tests and checks)."""
+        r, c = self.block
+        n, k = self.shape
+        rows = len(self.indptr) - 1
+        cols = -(-k // c)
+        blocks = np.zeros((rows, cols, r, c), dtype=np.float32)
+        row_of = np.repeat(np.arange(rows), np.diff(self.indptr))
+        blocks[row_of, self.indices] = self.data.transpose(0, 2, 1)
+        return blocks.transpose(0, 2, 1, 3).reshape(rows * r, cols * c)[:n, :k]
+
+
+def _block_mask(weight: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    """Boolean [ceil(N/r), ceil(K/c)]: which r x c blocks hold a nonzero (edges zero-padded)."""
+    r, c = block
+    n, k = weight.shape
+    rows, cols = -(-n // r), -(-k // c)
+    padded = np.zeros((rows * r, cols * c), dtype=bool)
+    padded[:n, :k] = weight != 0
+    return padded.reshape(rows, r, cols, c).any(axis=(1, 3))
+
+
+def stored_blocks(weight: np.ndarray, block: tuple[int, int]) -> int:
+    """How many r x c blocks BSR would store for `weight` (blocks holding at least one nonzero)."""
+    return int(_block_mask(weight, block).sum())
+
+
+def density(weight: np.ndarray) -> float:
+    """Fraction of nonzero elements."""
+    return float(np.count_nonzero(weight)) / weight.size
+
+
+def choose_block(
+    weight: np.ndarray,
+    candidates: Sequence[tuple[int, int]] = BLOCK_CANDIDATES,
+    tolerance: float = BLOCK_TOLERANCE,
+) -> tuple[int, int]:
+    """The largest block shape whose block density is at most `tolerance` x the element density.
+
+    A weight pruned in r x c blocks keeps its density when counted in r x c blocks; counting it
+    in larger blocks inflates it (at 90 % unstructured sparsity, 16 x 1 blocks are ~80 % dense).
+    Shapes whose c does not divide K are skipped (the kernel reads whole blocks of x). Falls
+    back to (1, 1), which always fits.
+    """
+    elem = density(weight)
+    k = weight.shape[1]
+    for block in sorted(candidates, key=lambda b: b[0] * b[1], reverse=True):
+        if k % block[1] == 0 and _block_mask(weight, block).mean() <= tolerance * elem:
+            return block
+    return (1, 1)
+
+
+def to_bsr(weight: np.ndarray, block: tuple[int, int]) -> BSRMatrix:
+    """Convert a dense [N, K] weight to BSRMatrix with blocks of `block` = (r, c)."""
+    r, c = block
+    n, k = weight.shape
+    if k % c:
+        raise ValueError(f"block {block}: c={c} does not divide K={k}")
+    rows = -(-n // r)
+    padded = np.zeros((rows * r, k), dtype=np.float32)
+    padded[:n] = weight
+    # [rows, cols, c, r]: the transposed block layout the kernel streams.
+    blocks = padded.reshape(rows, r, k // c, c).transpose(0, 2, 3, 1)
+    mask = _block_mask(weight, block)
+    block_rows, block_cols = np.nonzero(mask)  # row-major, so grouped by block-row
+    indptr = np.zeros(rows + 1, dtype=np.int32)
+    indptr[1:] = np.cumsum(mask.sum(axis=1))
+    data = np.ascontiguousarray(blocks[block_rows, block_cols], dtype=np.float32)
+    return BSRMatrix((n, k), (r, c), data, block_cols.astype(np.int32), indptr)
+
+
+Lane = Literal["rows", "batch", "nonzeros"]
+
+
+@dataclass(frozen=True)
+class BSRTiling:
+    """Register tiling of a BSR kernel.
+
+    Attributes:
+        lane: what the vector lane runs over. "rows": the r rows of a block (tall blocks).
+            "batch": mt batch rows, for blocks narrower than a vector at batch > 1. "nonzeros":
+            mt consecutive stored values of a row, x gathered (1 x 1 blocks at batch 1, which
+            offer no other lane).
+        mt: batch rows per register tile (divides M) for "rows" and "batch" (where they form
+            the vector); nonzeros per vector for "nonzeros".
+        ku: independent partial sums over the blocks of a row (hide FMA latency at batch 1).
+    """
+
+    lane: Lane
+    mt: int
+    ku: int
+
+
+def choose_tiling(m: int, block: tuple[int, int], cpu: CpuInfo) -> BSRTiling:
+    """Pick the BSR register tiling for batch `m` and block shape on `cpu`."""
+    r = block[0]
+    registers = cpu.registers - SPARE_REGISTERS
+    if block == (1, 1) and m == 1:
+        return BSRTiling(lane="nonzeros", mt=cpu.lanes, ku=1)
+    if m > 1 and r < cpu.lanes:
+        lane: Lane = "batch"
+        mt = largest_divisor_at_most(m, 2 * cpu.lanes)
+        accumulators = r * -(-mt // cpu.lanes)
+    else:
+        lane = "rows"
+        vectors = -(-r // cpu.lanes)
+        mt = largest_divisor_at_most(m, registers // vectors)
+        accumulators = mt * vectors
+    return BSRTiling(lane=lane, mt=mt, ku=max(1, min(registers, TARGET_CHAINS) // accumulators))
+
+
+def bsr_func(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+    """TensorIR kernel (x[M, K], data, indices, indptr) -> y[M, N] for `matrix`'s sizes.
+
+    The "rows" and "batch" variants read x as x^T[K, M]: at batch > 1 a prologue transposes it
+    so that the batch values of one column (what a block multiplies) share a cache line instead
+    of sitting K floats apart; at batch 1, x[1, K] already is x^T[K, 1] and is used in place.
+    """
+    builders = {"rows": _bsr_row_lanes, "batch": _bsr_batch_lanes, "nonzeros": _csr_nonzero_lanes}
+    func = builders[tiling.lane](m, matrix, tiling)
+    return func.with_attr(KERNEL_ATTRS)
+
+
+def _transpose_tile(k: int) -> int:
+    """Columns of x per step of the x -> x^T prologue: a cache line of a row of x at a time.
+
+    Walking x down a column instead touches M lines K*4 bytes apart; with K*4 a multiple of
+    4 KiB they all fall into one L1 set and every read misses. A divisor of K, so no tail.
+    """
+    return largest_divisor_at_most(k, 16)
+
+
+def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+    """Lane = the r rows of a block: an mt x r accumulator tile per block-row, x^T broadcast."""
+    n, k = matrix.shape
+    r, c = matrix.block
+    stored = matrix.data.shape[0]
+    rows = len(matrix.indptr) - 1
+    full_rows = n // r
+    mt, ku = tiling.mt, tiling.ku
+    kt_len = _transpose_tile(k)
+
+    @T.prim_func(private=True)
+    def bsr(
+        x: T.Buffer((m, k), "float32"),
+        data: T.Buffer((stored, c, r), "float32"),
+        indices: T.Buffer((stored,), "int32"),
+        indptr: T.Buffer((rows + 1,), "int32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        if m > 1:
+            xt = T.alloc_buffer((k, m), "float32")
+            for kt in T.parallel(k // kt_len):
+                for mm, kk in T.grid(m, kt_len):
+                    xt[kt * kt_len + kk, mm] = x[mm, kt * kt_len + kk]
+        else:
+            xt = T.decl_buffer((k, m), "float32", data=x.data)
+        for i in T.parallel(rows):
+            acc = T.alloc_buffer((ku, mt, r), "float32", scope="local")
+            for mo in range(m // mt):
+                for u, mi in T.grid(ku, mt):
+                    for ri in T.vectorized(r):
+                        acc[u, mi, ri] = T.float32(0)
+                # ku blocks per step, each into its own partial sum; a bound test skips the
+                # overhang of the last step (cheaper than a separate tail loop, and predictable).
+                for jo in range((indptr[i + 1] - indptr[i] + ku - 1) // ku):
+                    for u in T.unroll(ku):
+                        if jo * ku + u < indptr[i + 1] - indptr[i]:
+                            for ci in T.unroll(c):
+                                for mi in T.unroll(mt):
+                                    for ri in T.vectorized(r):
+                                        acc[u, mi, ri] = (
+                                            acc[u, mi, ri]
+                                            + data[indptr[i] + jo * ku + u, ci, ri]
+                                            * xt[indices[indptr[i] + jo * ku + u] * c + ci, mo * mt + mi]
+                                        )
+                for u in range(1, ku):
+                    for mi in T.unroll(mt):
+                        for ri in T.vectorized(r):
+                            acc[0, mi, ri] = acc[0, mi, ri] + acc[u, mi, ri]
+                if i < full_rows:
+                    for mi in T.unroll(mt):
+                        for ri in T.vectorized(r):
+                            y[mo * mt + mi, i * r + ri] = acc[0, mi, ri]
+                else:
+                    for mi, ri in T.grid(mt, n - full_rows * r):
+                        y[mo * mt + mi, i * r + ri] = acc[0, mi, ri]
+
+    return bsr
+
+
+def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+    """Lane = mt batch rows: an r x mt accumulator tile per block-row, block values broadcast."""
+    n, k = matrix.shape
+    r, c = matrix.block
+    stored = matrix.data.shape[0]
+    rows = len(matrix.indptr) - 1
+    mt, ku = tiling.mt, tiling.ku
+    kt_len = _transpose_tile(k)
+
+    @T.prim_func(private=True)
+    def bsr_batch(
+        x: T.Buffer((m, k), "float32"),
+        data: T.Buffer((stored, c, r), "float32"),
+        indices: T.Buffer((stored,), "int32"),
+        indptr: T.Buffer((rows + 1,), "int32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xt = T.alloc_buffer((k, m), "float32")
+        for kt in T.parallel(k // kt_len):
+            for mm, kk in T.grid(m, kt_len):
+                xt[kt * kt_len + kk, mm] = x[mm, kt * kt_len + kk]
+        for i in T.parallel(rows):
+            acc = T.alloc_buffer((ku, r, mt), "float32", scope="local")
+            for mo in range(m // mt):
+                for u, ri in T.grid(ku, r):
+                    for mi in T.vectorized(mt):
+                        acc[u, ri, mi] = T.float32(0)
+                for jo in range((indptr[i + 1] - indptr[i] + ku - 1) // ku):
+                    for u in T.unroll(ku):
+                        if jo * ku + u < indptr[i + 1] - indptr[i]:
+                            for ci in T.unroll(c):
+                                for ri in T.unroll(r):
+                                    for mi in T.vectorized(mt):
+                                        acc[u, ri, mi] = (
+                                            acc[u, ri, mi]
+                                            + data[indptr[i] + jo * ku + u, ci, ri]
+                                            * xt[indices[indptr[i] + jo * ku + u] * c + ci, mo * mt + mi]
+                                        )
+                for u in range(1, ku):
+                    for ri in T.unroll(r):
+                        for mi in T.vectorized(mt):
+                            acc[0, ri, mi] = acc[0, ri, mi] + acc[u, ri, mi]
+                for mi in range(mt):
+                    for ri in range(r):
+                        if i * r + ri < n:
+                            y[mo * mt + mi, i * r + ri] = acc[0, ri, mi]
+
+    return bsr_batch
+
+
+def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+    """Batch-1 CSR: lane = mt consecutive nonzeros of a row, x gathered, summed across at the end.
+
+    A scalar loop spends three loads per nonzero (index, value, x); here values and indices
+    arrive a vector at a time and only the x gather stays scalar.
+    """
+    n, k = matrix.shape
+    stored = matrix.data.shape[0]
+    lanes = tiling.mt
+    assert m == 1 and matrix.block == (1, 1), "nonzero lanes serve 1 x 1 blocks at batch 1"
+
+    @T.prim_func(private=True)
+    def csr(
+        x: T.Buffer((1, k), "float32"),
+        data: T.Buffer((stored, 1, 1), "float32"),
+        indices: T.Buffer((stored,), "int32"),
+        indptr: T.Buffer((n + 1,), "int32"),
+        y: T.Buffer((1, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i in T.parallel(n):
+            acc = T.alloc_buffer((lanes,), "float32", scope="local")
+            for v in T.vectorized(lanes):
+                acc[v] = T.float32(0)
+            for jo in range((indptr[i + 1] - indptr[i]) // lanes):
+                for v in T.vectorized(lanes):
+                    acc[v] = acc[v] + data[indptr[i] + jo * lanes + v, 0, 0] * x[0, indices[indptr[i] + jo * lanes + v]]
+            for j in range(indptr[i] + (indptr[i + 1] - indptr[i]) // lanes * lanes, indptr[i + 1]):
+                acc[0] = acc[0] + data[j, 0, 0] * x[0, indices[j]]
+            for v in range(1, lanes):
+                acc[0] = acc[0] + acc[v]
+            y[0, i] = acc[0]
+
+    return csr

@@ -1,0 +1,199 @@
+"""Relax rewrite: swap every matmul with a constant weight for our dense or BSR kernel.
+
+Forms matched (as `relax.frontend.onnx.from_onnx` emits them, fp32, static shapes):
+
+* ONNX Gemm(transB=1): ``matmul(x, permute_dims(W))`` with W a [N, K] constant;
+* ONNX MatMul with an initializer: ``matmul(x, W)`` with W a [K, N] constant.
+
+x may be [M, K] or [..., K]; leading dimensions are flattened into the batch around the kernel.
+A following bias ``add`` is left to Relax. The weight is replaced by its packed (dense) or
+compressed (BSR) arrays as Relax constants, so the exported library stores only those.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import bsr
+from .choose import Chooser, rule_chooser
+from .cpu import cpu_info, is_llvm_cpu
+from .kernels import make_kernel
+
+Kernel = Literal["dense", "bsr", "default"]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """What the rewrite did with one matmul.
+
+    Attributes:
+        layer: index of the matmul among constant-weight matmuls, in program order.
+        shape: [N, K] of the weight (output features, input features).
+        batch: M, rows of x after flattening leading dimensions (None when not static).
+        kernel: "dense" (our packed dense kernel), "bsr" (our block-sparse kernel) or
+            "default" (left to TVM: non-CPU target, dynamic shape or not fp32).
+        block: [r, c] block shape for "bsr", else None.
+        density: fraction of nonzero weight elements.
+        nnz_blocks: stored nonzero r x c blocks for "bsr"; 0 otherwise.
+        weight_bytes: bytes of the stored weight: packed array (dense), values + indices +
+            indptr (bsr), or the original constant (default).
+        choice: how the kernel was picked: "measured" (fastest of the timed candidates),
+            "rule" (a stated rule, when the device cannot be timed) or "none" (default kernel).
+        alternatives_us: for "measured", median µs of every candidate timed ("dense",
+            "bsr 16x1", ...); None otherwise.
+        rule: for "rule", the rule that decided.
+    """
+
+    layer: int
+    shape: list[int]
+    batch: int | None
+    kernel: Kernel
+    block: list[int] | None
+    density: float
+    nnz_blocks: int
+    weight_bytes: int
+    choice: str = "none"
+    alternatives_us: dict | None = None
+    rule: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-ready dict with the record's fields."""
+        return asdict(self)
+
+
+def rewrite_module(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    *,
+    sparse_min: float = 0.5,
+    chooser: Chooser | None = None,
+) -> tuple[tvm.IRModule, list[dict]]:
+    """Replace every matmul with a constant weight by our kernels.
+
+    `chooser` picks each layer's kernel (see `schedules.choose`: `MeasuredChooser` times the
+    candidates on this machine). Without one, a weight whose fraction of zeros is >= `sparse_min`
+    gets a BSR kernel with the block shape from `bsr.choose_block` and any other the packed
+    dense kernel. For targets that are not LLVM CPUs (e.g. CUDA) the module is returned
+    unchanged, with "default" records.
+
+    Returns:
+        (new module, one `LayerRecord.to_dict()` per constant-weight matmul, in program order).
+    """
+    rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min))
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            new_func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
+            rewriter.builder_.update_func(gvar, new_func)
+    records = [record.to_dict() for record in rewriter.records]
+    if not rewriter.rewrites:
+        return mod, records
+    return rewriter.builder_.get(), records
+
+
+def _fp32_static_shape(ty: relax.Type) -> list[int] | None:
+    """The integer shape of a fp32 tensor type, or None if not fp32 or not fully static."""
+    if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32":
+        return None
+    if not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in ty.shape.values]
+    return None if None in dims else dims
+
+
+@relax.expr_functor.mutator
+class _MatmulRewriter(relax.PyExprMutator):
+    """Rewrites matched matmuls in place; collects LayerRecords and the kernels it added."""
+
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, chooser: Chooser):
+        super().__init__(mod)
+        self.cpu = cpu_info(target) if is_llvm_cpu(target) else None
+        self.chooser = chooser
+        self.records: list[LayerRecord] = []
+        self.rewrites = 0
+        self.dense_kernels: dict[str, relax.GlobalVar] = {}
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+            return call
+        weight = self._constant_weight(call.args[1])
+        if weight is None:
+            return call
+        x_shape = _fp32_static_shape(call.args[0].ty)
+        batch = math.prod(x_shape[:-1]) if x_shape and len(x_shape) >= 2 else None
+        served = (
+            self.cpu is not None
+            and batch is not None
+            and weight.dtype == np.float32
+            and _fp32_static_shape(call.ty) is not None
+        )
+        if not served:
+            self._record(weight, batch, "default", None, 0, weight.nbytes)
+            return call
+        self.rewrites += 1
+        return self._emit_kernel(call.args[0], x_shape, weight)
+
+    def _constant_weight(self, arg: relax.Expr) -> np.ndarray | None:
+        """W as a [N, K] array if `arg` is W^T: a 2-D [K, N] constant or permute_dims(W)."""
+        transposed = False
+        if isinstance(arg, relax.Var):
+            bound = self.lookup_binding(arg)
+            if not (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.permute_dims")):
+                return None
+            axes = bound.attrs.axes
+            if axes is not None and [int(a) for a in axes] != [1, 0]:
+                return None
+            arg, transposed = bound.args[0], True
+        if not (isinstance(arg, tvm.ir.GenericConst) and isinstance(arg.ty, relax.TensorType)):
+            return None
+        value = arg.value.numpy()
+        if value.ndim != 2:
+            return None
+        return np.ascontiguousarray(value if transposed else value.T)
+
+    def _emit_kernel(self, x: relax.Expr, x_shape: list[int], weight: np.ndarray) -> relax.Expr:
+        """Emit call_tir of the chosen kernel on x flattened to [M, K]; reshape back if needed."""
+        n, k = weight.shape
+        m = math.prod(x_shape[:-1])
+        if len(x_shape) != 2:
+            x = self.builder_.emit(relax.op.reshape(x, (m, k)))
+        candidate, info = self.chooser(weight, m, self.cpu)
+        impl = make_kernel(candidate, weight, m, self.cpu)
+        # one PrimFunc per distinct dense kernel (the weight is an argument); sparse kernels are
+        # specialised to their number of stored blocks, so each layer gets its own
+        gvar = self.dense_kernels.get(impl.name) if impl.kind == "dense" else None
+        if gvar is None:
+            gvar = self.builder_.add_func(impl.func, impl.name)
+            if impl.kind == "dense":
+                self.dense_kernels[impl.name] = gvar
+        args = [x] + [relax.const(a) for a in impl.consts]
+        self._record(weight, m, impl.kind, list(impl.block) if impl.block else None, impl.nnz_blocks,
+                     impl.weight_bytes, **info)
+        out = relax.call_tir(gvar, args, out_ty=relax.TensorType((m, n), "float32"))
+        if len(x_shape) != 2:
+            out = relax.op.reshape(self.builder_.emit(out), (*x_shape[:-1], n))
+        return out
+
+    def _record(self, weight, batch, kernel, block, nnz_blocks, weight_bytes, *, choice="none",
+                alternatives_us=None, rule=None, cached=None) -> None:
+        self.records.append(
+            LayerRecord(
+                layer=len(self.records),
+                shape=list(weight.shape),
+                batch=batch,
+                kernel=kernel,
+                block=block,
+                density=bsr.density(weight),
+                nnz_blocks=nnz_blocks,
+                weight_bytes=int(weight_bytes),
+                choice=choice,
+                alternatives_us=alternatives_us,
+                rule=rule,
+            )
+        )

@@ -1,0 +1,31 @@
+"""The README's demo, as a new user runs it (the quick sweep), checked against what the report must show."""
+
+import csv
+
+from conftest import sparsebench
+
+
+def test_demo_quick_report(tmp_path):
+    out, db = tmp_path / "demo", tmp_path / "results.db"
+    proc = sparsebench("demo", "--quick", "--out", str(out), "--db", str(db), "--no-progress", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert not [r for r in rows if r["verdict"] == "ERROR"], [r["error"] for r in rows if r["error"]]
+
+    digits = [r for r in rows if r["model"] == "digits-mlp"]
+    levels = {float(r["sparsity_target"]) for r in digits}
+    assert len(levels) >= 4 and {0.0, 0.9} <= levels
+    for r in digits:
+        assert float(r["latency_p50_ms"]) > 0 and r["accuracy"] != "" and r["verdict"] in ("VALID", "INVALID")
+    dense = next(r for r in digits if r["method"] == "dense")
+    assert float(dense["accuracy"]) >= 0.95
+
+    ffn = [r for r in rows if r["model"] == "ffn-768"]
+    assert {int(r["batch"]) for r in ffn} == {1, 16}
+    assert {float(r["sparsity_target"]) for r in ffn} == levels
+    for r in ffn:
+        assert r["max_abs_err"] != "" and r["accuracy"] == ""  # no labels: fidelity to dense instead
+        assert float(r["latency_p50_ms"]) > 0
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5

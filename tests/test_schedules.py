@@ -1,0 +1,287 @@
+"""Tests of schedules/: block choice and BSR storage (numpy only), kernel correctness against
+numpy (real TVM builds), and the Relax rewrite end to end on small ONNX models."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+onnx = pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tvm import relax  # noqa: E402
+from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+
+from schedules import bsr, dense, rewrite_module  # noqa: E402
+from schedules.bench import block_pruned, build_kernel  # noqa: E402
+from schedules.cpu import cpu_info  # noqa: E402
+
+AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "mattr": ["+avx2", "+fma"], "num-cores": 2}
+AVX512 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4", "mattr": ["+avx512f"], "num-cores": 2}
+AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
+
+
+def _host_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":")[1].split()}
+    except OSError:
+        return set()
+
+
+_FLAGS = _host_flags() if platform.machine() == "x86_64" else set()
+needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= _FLAGS, reason="host cannot run x86-64-v3 code")
+needs_avx512 = pytest.mark.skipif("avx512f" not in _FLAGS, reason="host cannot run AVX-512 code")
+
+BLOCKS = [(16, 1), (8, 1), (4, 1), (1, 1), (4, 2)]
+BATCHES = [1, 3, 16, 64]
+
+
+def _assert_close(out: np.ndarray, ref: np.ndarray) -> None:
+    """Equal to relative 1e-5 of the output's scale (summation order differs from numpy)."""
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+def _weight_cases(block: tuple[int, int]) -> dict[str, np.ndarray]:
+    """[N, K] weights with N, K not multiples of the block (K even, for c = 2)."""
+    rng = np.random.default_rng(sum(block))
+    n, k = 70, 52
+    mixed = block_pruned(n, k, block, 0.5, rng)
+    mixed[: 2 * block[0]] = 0  # empty block-rows
+    mixed[-1] = rng.standard_normal(k)  # a fully dense row
+    return {
+        "sparse90": block_pruned(n, k, block, 0.9, rng),
+        "mixed_rows": mixed,
+        "dense": block_pruned(n, k, block, 0.0, rng),
+        "sparse99": block_pruned(n, k, block, 0.99, rng),
+        "all_zero": np.zeros((n, k), np.float32),
+    }
+
+
+def _run_bsr(target: dict, m: int, weight: np.ndarray, block: tuple[int, int]) -> None:
+    target = tvm.target.Target(target)
+    matrix = bsr.to_bsr(weight, block)
+    tiling = bsr.choose_tiling(m, block, cpu_info(target))
+    kernel = build_kernel(bsr.bsr_func(m, matrix, tiling), target)
+    x = np.random.default_rng(m).standard_normal((m, weight.shape[1])).astype(np.float32)
+    y = tvm.runtime.tensor(np.full((m, weight.shape[0]), np.nan, np.float32))
+    kernel(*(tvm.runtime.tensor(a) for a in (x, matrix.data, matrix.indices, matrix.indptr)), y)
+    _assert_close(y.numpy(), x.astype(np.float64) @ weight.T.astype(np.float64))
+
+
+def _run_dense(target: dict, m: int, n: int, k: int) -> None:
+    target = tvm.target.Target(target)
+    rng = np.random.default_rng(n * k + m)
+    weight = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    tiling = dense.choose_tiling(m, cpu_info(target))
+    kernel = build_kernel(dense.dense_func(m, n, k, tiling), target)
+    y = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32))
+    kernel(tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack_weight(weight, tiling.vn)), y)
+    _assert_close(y.numpy(), x.astype(np.float64) @ weight.T.astype(np.float64))
+
+
+# --- storage and block choice (numpy only) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [(16, 1), (8, 1), (4, 1)])
+def test_choose_block_finds_pruning_block(block):
+    weight = block_pruned(96, 64, block, 0.9, np.random.default_rng(1))
+    assert bsr.choose_block(weight) == block
+
+
+def test_choose_block_unstructured_is_1x1():
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((64, 64)).astype(np.float32) * (rng.random((64, 64)) > 0.9)
+    assert bsr.choose_block(weight) == (1, 1)
+
+
+def test_choose_block_skips_c_not_dividing_k():
+    weight = block_pruned(32, 33, (4, 2), 0.9, np.random.default_rng(3))
+    assert bsr.choose_block(weight, candidates=[(4, 2), (1, 1)]) == (1, 1)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("case", ["sparse90", "mixed_rows", "dense", "all_zero"])
+def test_to_bsr_round_trip(block, case):
+    weight = _weight_cases(block)[case]
+    matrix = bsr.to_bsr(weight, block)
+    r, c = block
+    assert matrix.data.shape[1:] == (c, r) and matrix.indptr[0] == 0
+    assert len(matrix.indptr) == -(-weight.shape[0] // r) + 1
+    np.testing.assert_array_equal(matrix.to_dense(), weight)
+    assert matrix.nbytes == matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+
+
+def test_to_bsr_rejects_c_not_dividing_k():
+    with pytest.raises(ValueError, match="does not divide"):
+        bsr.to_bsr(np.ones((8, 5), np.float32), (4, 2))
+
+
+@pytest.mark.parametrize(
+    ("target", "lanes"),
+    [(AVX2, 8), (AVX512, 16), (AARCH64, 4), ({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}, 4)],
+)
+def test_cpu_info_lanes(target, lanes):
+    assert cpu_info(tvm.target.Target(target)).lanes == lanes
+
+
+# --- kernels against numpy ---------------------------------------------------------------------
+
+
+@needs_avx2
+@pytest.mark.parametrize("m", BATCHES)
+@pytest.mark.parametrize(("n", "k"), [(37, 29), (64, 48), (5, 3), (100, 130)])
+def test_dense_kernel(m, n, k):
+    _run_dense(AVX2, m, n, k)
+
+
+@needs_avx2
+@pytest.mark.parametrize("m", BATCHES)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_bsr_kernel(m, block):
+    for weight in _weight_cases(block).values():
+        _run_bsr(AVX2, m, weight, block)
+
+
+@needs_avx512
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("block", [(16, 1), (8, 1), (1, 1)])
+def test_kernels_avx512(m, block):
+    _run_dense(AVX512, m, 70, 52)
+    _run_bsr(AVX512, m, _weight_cases(block)["mixed_rows"], block)
+
+
+# --- Relax rewrite end to end ------------------------------------------------------------------
+
+
+def _mlp(x_shape, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray) -> onnx.ModelProto:
+    """x -> Gemm(W1[N1, K], transB=1) + b1 -> Relu -> MatMul(W2[N1, N2])."""
+    out_shape = [*x_shape[:-1], w2.shape[1]]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(a, name) for a, name in ((w1, "w1"), (b1, "b1"), (w2, "w2"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _mlp_weights(prune: str, n1: int = 64, k: int = 48, n2: int = 40):
+    """Weights of `_mlp`; the layer named by `prune` is 90 % sparse in 8x1 blocks over [N, K]."""
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((n1, k)).astype(np.float32)
+    w2t = rng.standard_normal((n2, n1)).astype(np.float32)  # MatMul weight as [N, K]
+    if prune == "gemm":
+        w1 = block_pruned(n1, k, (8, 1), 0.9, rng)
+    else:
+        w2t = block_pruned(n2, n1, (8, 1), 0.9, rng)
+    return w1, rng.standard_normal(n1).astype(np.float32), np.ascontiguousarray(w2t.T)
+
+
+def _run_vm(ex, x: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@needs_avx2
+@pytest.mark.parametrize("prune", ["gemm", "matmul"])
+def test_rewrite_mlp_end_to_end(prune):
+    w1, b1, w2 = _mlp_weights(prune)
+    mod = from_onnx(_mlp([16, 48], w1, b1, w2), keep_params_in_input=False)
+    new_mod, records = rewrite_module(mod, tvm.target.Target(AVX2))
+
+    sparse_layer = 0 if prune == "gemm" else 1
+    assert [r["kernel"] for r in records] == ["bsr" if i == sparse_layer else "dense" for i in (0, 1)]
+    sparse = records[sparse_layer]
+    assert sparse["block"] == [8, 1] and sparse["batch"] == 16
+    assert sparse["shape"] == ([64, 48] if prune == "gemm" else [40, 64])
+    assert 0.05 < sparse["density"] < 0.15 and sparse["nnz_blocks"] > 0
+    assert records[1 - sparse_layer]["block"] is None and records[1 - sparse_layer]["density"] == 1.0
+
+    x = np.random.default_rng(0).standard_normal((16, 48)).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), x)
+    np.testing.assert_allclose(out, np.maximum(x @ w1.T + b1, 0) @ w2, rtol=1e-5, atol=1e-5)
+
+
+@needs_avx2
+def test_rewrite_rank3_input():
+    _, _, w2 = _mlp_weights("matmul")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w2"], ["y"])],
+        "rank3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 40])],
+        [numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    new_mod, records = rewrite_module(from_onnx(model, keep_params_in_input=False), tvm.target.Target(AVX2))
+    assert records[0]["kernel"] == "bsr" and records[0]["batch"] == 6
+    x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), x)
+    np.testing.assert_allclose(out, x @ w2, rtol=1e-5, atol=1e-5)
+
+
+@needs_avx2
+def test_rewrite_dynamic_batch_left_to_tvm():
+    w1, b1, w2 = _mlp_weights("gemm")
+    mod = from_onnx(_mlp(["batch", 48], w1, b1, w2), keep_params_in_input=False)
+    new_mod, records = rewrite_module(mod, tvm.target.Target(AVX2))
+    assert [r["kernel"] for r in records] == ["default", "default"]
+    assert records[0]["batch"] is None
+    x = np.random.default_rng(2).standard_normal((5, 48)).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), x)
+    np.testing.assert_allclose(out, np.maximum(x @ w1.T + b1, 0) @ w2, rtol=1e-4, atol=1e-4)
+
+
+def test_rewrite_cuda_returns_module_unchanged():
+    w1, b1, w2 = _mlp_weights("gemm")
+    mod = from_onnx(_mlp([4, 48], w1, b1, w2), keep_params_in_input=False)
+    new_mod, records = rewrite_module(mod, tvm.target.Target({"kind": "cuda", "arch": "sm_87"}))
+    assert new_mod.same_as(mod)
+    assert [r["kernel"] for r in records] == ["default", "default"]
+    assert records[0]["weight_bytes"] == w1.nbytes and records[0]["block"] is None
+
+
+@needs_avx2
+def test_sparse_library_is_smaller(tmp_path):
+    """The exported .so holds the compressed weight, not the dense one."""
+    rng = np.random.default_rng(3)
+    sizes = {}
+    for sparsity in (0.0, 0.9):
+        w = block_pruned(512, 512, (16, 1), sparsity, rng)
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+            "one",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
+            [numpy_helper.from_array(w, "w")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        new_mod, records = rewrite_module(from_onnx(model, keep_params_in_input=False), tvm.target.Target(AVX2))
+        path = tmp_path / f"s{sparsity}.so"
+        tvm.compile(new_mod, target=tvm.target.Target(AVX2)).export_library(str(path))
+        sizes[sparsity] = path.stat().st_size
+        assert records[0]["kernel"] == ("bsr" if sparsity else "dense")
+    assert sizes[0.9] < 0.3 * sizes[0.0]
+
+
+def test_aarch64_compiles_and_exports(tmp_path):
+    w1, b1, w2 = _mlp_weights("matmul")
+    mod = from_onnx(_mlp([16, 48], w1, b1, w2), keep_params_in_input=False)
+    target = tvm.target.Target(AARCH64)
+    new_mod, records = rewrite_module(mod, target)
+    assert [r["kernel"] for r in records] == ["dense", "bsr"]
+    ex = tvm.compile(new_mod, target=target)
+    ex.export_library(str(tmp_path / "mlp.tar"))
+    assert (tmp_path / "mlp.tar").stat().st_size > 0
+    # NEON fused multiply-adds (vector by broadcast lane) in the generated kernels.
+    assert "fmla\tv" in ex.mod.imports[0].inspect_source("asm")
