@@ -21,7 +21,7 @@ from .models.onnx_io import LoadedModel, load_model, read_onnx
 from .paths import cache_dir
 from .sparsify import Variant, make_variant
 
-ENERGY_UNAVAILABLE = "unavailable: no power sensor read by this harness yet"
+ENERGY_NOT_MEASURED = "unavailable: not measured (the variant did not run)"
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
     for spec, model in zip(cfg.models, models):
         variants = [make_variant(model.name, model.path, None, 0.0, variant_dir)]
         for method in sp.methods:
-            for level in sp.levels:
+            levels = sp.levels if method.fixed_level is None else (method.fixed_level,)
+            for level in levels:
                 if level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
                                                  prune_first=_pick(spec.prune_first, sp.prune_first),
@@ -111,15 +112,20 @@ def _layers(job: Job, choices: tuple[dict, ...]) -> list[dict]:
 class Benchmark:
     """Runs the jobs of one config against one target, writing each result to the store as it is measured."""
 
-    def __init__(self, cfg: RunConfig, store, *, progress=None, kernels: str = "ours"):
+    def __init__(self, cfg: RunConfig, store, *, progress=None, kernels: str = "ours", device=None):
+        from .transports.spec import DeviceSpec
+
         self.cfg = cfg
         self.store = store
         self.profile: TargetProfile = load_target(cfg.target)
         self.progress = progress
         self.kernels = kernels
-        self.device = "localhost" if self.profile.transport == "local" else self.profile.name
+        # --device (a DeviceSpec) overrides the profile's transport; the device column names it (user@host:port)
+        self.device_spec: DeviceSpec = device or DeviceSpec()
+        self.device = self.device_spec.transport(self.profile).device
+        self.python = self.device_spec.python_for(self.profile)
         # Kernels are timed where they will run: here only when this machine is the device.
-        self.choose = "measure" if self.profile.transport == "local" else "rule"
+        self.choose = "measure" if self.device_spec.transport_name(self.profile) == "local" else "rule"
         self._reference: dict[str, np.ndarray] = {}
 
     def start(self, resume: str | None) -> str:
@@ -143,13 +149,15 @@ class Benchmark:
     def run(self, run_id: str, jobs: list[Job]) -> dict:
         """Measure the jobs not already in the store. Returns counts {"done", "skipped", "errors"}."""
         from .compile import ArtifactCache
-        from .transports import make_transport
+        from .device.preflight import check_runtime, host_tvm_version
 
         done = self.store.completed(run_id)
         todo = [j for j in jobs if (j.key, self.device) not in done]
         counts = {"done": 0, "skipped": len(jobs) - len(todo), "errors": 0}
         cache = ArtifactCache()
-        with make_transport(self.profile.transport) as transport:
+        # connecting and the runtime check fail the whole run with one message (rows already stored stay)
+        with self.device_spec.transport(self.profile, run_name=run_id) as transport:
+            check_runtime(transport, self.python, host_tvm=host_tvm_version())
             if self.progress:
                 self.progress.start(len(todo))
             for job in todo:
@@ -177,8 +185,8 @@ class Benchmark:
             "model_sha256": job.model.sha256, "variant_sha256": job.variant.sha256, "method": job.variant.method,
             "sparsity_target": job.variant.sparsity_target, "sparsity_actual": job.variant.sparsity_actual,
             "block": job.variant.block_str, "batch": job.batch, "target": self.profile.name,
-            "target_json": self.profile.tvm_target, "transport": self.profile.transport,
-            "energy_status": ENERGY_UNAVAILABLE, "artifact_key": built.key, "artifact_bytes": built.artifact_bytes,
+            "target_json": self.profile.tvm_target, "transport": transport.name,
+            "energy_status": ENERGY_NOT_MEASURED, "artifact_key": built.key, "artifact_bytes": built.artifact_bytes,
             "compile_s": built.compile_s, "tvm_version": built.tvm_version, "layers": _layers(job, built.layers),
             "overhead": {"compile_cached": built.cached}, "reasons": [],
         }
@@ -189,7 +197,7 @@ class Benchmark:
         if self.progress:
             self.progress.step(f"run {job.key}")
         dev = run_on_device(transport, artifact=built.artifact, eval_x=job.model.eval_x, batch=job.batch, measure=m,
-                            python=self.profile.python, label=job.key)
+                            python=self.python, label=job.key)
         row["overhead"].update({f"{k}_s": v for k, v in dev.steps_s.items()})
         if dev.result:
             row["device_meta"] = dev.result.get("device_meta")
@@ -215,6 +223,9 @@ class Benchmark:
             ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
             reasons=reasons,
         )
+        energy = result.get("energy") or {"status": "unavailable: the runner reported no energy record"}
+        row.update(energy=energy, energy_status=energy.get("status"),
+                   energy_mj=energy.get("energy_per_inference_mj") if energy.get("status") == "ok" else None)
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row
 

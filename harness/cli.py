@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import HarnessError
 from .paths import DEFAULT_DB
+from .transports.spec import add_device_arguments, device_spec_from_args
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -59,14 +60,15 @@ class Progress:
         self._bar.advance(self._task)
 
 
-def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: str, progress: bool) -> int:
+def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: str, progress: bool,
+                device=None) -> int:
     from .bench import Benchmark, load_models, plan_jobs
     from .store import ResultStore
 
     if out is not None:
         ensure_writable_dir(out, "report directory")
     store = ResultStore(db)
-    bench = Benchmark(cfg, store, kernels=kernels)
+    bench = Benchmark(cfg, store, kernels=kernels, device=device)
     models = load_models(cfg)
     jobs = plan_jobs(cfg, models)
     run_id = bench.start(resume)
@@ -101,18 +103,31 @@ def _write_report(store, run_id: str, out: Path) -> None:
     print(f"report: {paths['html']}", file=sys.stderr)
 
 
+def _overrides(cfg, args):
+    """Command-line settings that replace the config's."""
+    import dataclasses
+
+    if args.sensor_root:
+        if not args.sensor_root.startswith("/"):
+            raise HarnessError(f"--sensor-root {args.sensor_root!r} must be an absolute path on the device")
+        cfg = dataclasses.replace(cfg, measure=dataclasses.replace(cfg.measure, sensor_root=args.sensor_root))
+    return cfg
+
+
 def cmd_demo(args) -> int:
     from .config import load_config
 
-    cfg = load_config(CONFIGS / ("demo-quick.toml" if args.quick else "demo.toml"))
-    return _run_config(cfg, args.db, args.resume, args.out, "ours", not args.no_progress)
+    cfg = _overrides(load_config(CONFIGS / ("demo-quick.toml" if args.quick else "demo.toml")), args)
+    return _run_config(cfg, args.db, args.resume, args.out, "ours", not args.no_progress,
+                       device_spec_from_args(args))
 
 
 def cmd_run(args) -> int:
     from .config import load_config
 
-    cfg = load_config(args.config)
-    return _run_config(cfg, args.db or cfg.db, args.resume, args.out, args.kernels, not args.no_progress)
+    cfg = _overrides(load_config(args.config), args)
+    return _run_config(cfg, args.db or cfg.db, args.resume, args.out, args.kernels, not args.no_progress,
+                       device_spec_from_args(args))
 
 
 def _existing_store(db: Path):
@@ -171,6 +186,41 @@ def cmd_targets(args) -> int:
         profile = load_target(name)
         print(f"{name:12s} {profile.description}\n{'':12s} transport={profile.transport} "
               f"target={json.dumps(profile.tvm_target)}")
+        extra = {role: t for role, t in profile.tvm_targets.items() if role != "cpu"}
+        if extra:
+            print(f"{'':12s} " + " ".join(f"{role}={json.dumps({k: v for k, v in t.items() if k != 'host'})}"
+                                           for role, t in extra.items()))
+        if profile.transport != "local":
+            print(f"{'':12s} toolchain={profile.toolchain} energy={','.join(profile.energy) or 'none'} "
+                  f"port={profile.port} python={profile.python or 'python3'}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import doctor
+
+    return doctor(device_spec_from_args(args), target=args.target, as_json=args.json)
+
+
+def cmd_energy(args) -> int:
+    from . import energy
+
+    if args.source == "tegrastats":
+        return energy.main_tegrastats(args.file, json=args.json, start=args.start, end=args.end,
+                                      interval_s=args.interval)
+    return energy.main_pmic(args.file, json=args.json)
+
+
+def cmd_kernels(args) -> int:
+    from schedules.bench import FULL, QUICK, format_table, kernel_suite, write_json
+
+    from .config import load_target
+
+    ensure_writable_dir(args.json.parent, "output directory")
+    doc = kernel_suite(QUICK if args.quick else FULL, load_target("local").tvm_target)
+    write_json(doc, args.json)
+    print(format_table(doc))
+    print(f"{len(doc['records'])} records -> {args.json}", file=sys.stderr)
     return 0
 
 
@@ -188,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted demo run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_db(p)
+    add_device_arguments(p)
+    p.add_argument("--sensor-root", metavar="DIR", help="where the device's /sys is (default /)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a benchmark config (TOML)")
@@ -198,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=("ours", "tvm-default"), default="ours",
                    help="ours: schedules/ kernels (default); tvm-default: TVM's default pipeline only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_arguments(p)
+    p.add_argument("--sensor-root", metavar="DIR", help="where the device's /sys is (default: the config's, /)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="write the HTML/Markdown/CSV report of a run")
@@ -212,8 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(p)
     p.set_defaults(func=cmd_results)
 
+    p = sub.add_parser("energy", help="energy from logs you already have: tegrastats logs, Pi 5 PMIC output")
+    p.add_argument("source", choices=("tegrastats", "pmic"), help="what FILE holds")
+    p.add_argument("file", type=Path, help="tegrastats log, or saved `vcgencmd pmic_read_adc` output")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.add_argument("--start", help="tegrastats: window start (seconds from the first line, or HH:MM:SS)")
+    p.add_argument("--end", help="tegrastats: window end (seconds from the first line, or HH:MM:SS)")
+    p.add_argument("--interval", type=float, help="tegrastats: seconds between lines (JetPack 4 logs have no clock)")
+    p.set_defaults(func=cmd_energy)
+
+    p = sub.add_parser("kernels", help="time our kernels against numpy, onnxruntime, scipy and TVM's default build")
+    p.add_argument("--quick", action="store_true", help="sparsities 0.5 and 0.9 only, shorter timing (< 5 min on 2 cores)")
+    p.add_argument("--json", type=Path, default=Path("results") / "kernels.json", metavar="OUT",
+                   help="write every measurement here (default results/kernels.json)")
+    p.set_defaults(func=cmd_kernels)
+
     p = sub.add_parser("targets", help="list device profiles")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("doctor", help="check a device: OS, Python, TVM runtime, governor, power sensors, and the fixes")
+    add_device_arguments(p, positional=True)
+    p.add_argument("--target", metavar="PROFILE", help="compare with this device profile (and use its defaults)")
+    p.add_argument("--json", action="store_true", help="print the probe's raw JSON instead of the report")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

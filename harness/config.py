@@ -20,26 +20,40 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-METHODS = ("unstructured", "block")
+METHODS = ("unstructured", "block", "nm")
 DEFAULT_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
 class Method:
-    """A pruning method: ``unstructured`` or ``block`` with an r×c block (rows × cols of the [N, K] weight)."""
+    """A pruning method on the [N, K] weight: ``unstructured``; ``block`` with an r×c block (rows × cols);
+    ``nm``: N:M structured, at most n nonzeros in every group of m consecutive inputs (``block`` = (n, m))."""
 
     name: str
     block: tuple[int, int] = (1, 1)
 
     @property
     def label(self) -> str:
-        """``unstructured`` or ``block:16x1`` -- the spelling used in configs."""
-        return self.name if self.name != "block" else f"block:{self.block[0]}x{self.block[1]}"
+        """``unstructured``, ``block:16x1`` or ``nm:2:4`` -- the spelling used in configs."""
+        if self.name == "block":
+            return f"block:{self.block[0]}x{self.block[1]}"
+        if self.name == "nm":
+            return f"nm:{self.block[0]}:{self.block[1]}"
+        return self.name
 
     @property
     def block_str(self) -> str:
-        """``16x1`` for block pruning, ``""`` otherwise (the ``block`` CSV column)."""
-        return f"{self.block[0]}x{self.block[1]}" if self.name == "block" else ""
+        """``16x1`` for block pruning, ``2:4`` for N:M, ``""`` otherwise (the ``block`` CSV column)."""
+        if self.name == "block":
+            return f"{self.block[0]}x{self.block[1]}"
+        if self.name == "nm":
+            return f"{self.block[0]}:{self.block[1]}"
+        return ""
+
+    @property
+    def fixed_level(self) -> float | None:
+        """N:M fixes its own sparsity (1 − n/m); other methods take the configured levels."""
+        return 1.0 - self.block[0] / self.block[1] if self.name == "nm" else None
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,10 @@ class MeasureConfig:
     min_valid_runs: int = 10  # fewer timed iterations than this -> INVALID
     ref_rtol: float = 1e-4  # compiled outputs vs the reference evaluation of the same model, relative to max |ref|
     timeout_s: float = 900.0  # one variant's whole run on the device
+    energy_idle_s: float = 2.0  # idle window before the energy window (baseline power), when a sensor exists
+    energy_window_s: float = 3.0  # model run back to back while power is sampled
+    energy_rate_hz: float = 50.0  # sampling rate asked for (capped at the sensor's)
+    sensor_root: str = "/"  # where the device's /sys is (a container mount, or a fake tree in tests)
 
 
 @dataclass(frozen=True)
@@ -115,9 +133,11 @@ class TargetProfile:
 
 #: cross toolchains a profile may name: the host compiler, GNU/zig for aarch64 Linux, the Android NDK
 TOOLCHAINS = ("native", "aarch64-linux-gnu", "aarch64-linux-android")
-#: power sensor kinds (see DEVICE_FACTS): Intel RAPL, Jetson INA3221 (hwmon or iio), tegrastats, Pi 5 PMIC via
-#: vcgencmd, a phone's battery fuel gauge, an external meter (no on-board sensor: energy is unavailable)
-ENERGY_SENSORS = ("rapl", "ina3221", "tegrastats", "vcgencmd-pmic", "battery", "external-meter")
+#: power sensor kinds, spelled as the ``method`` of the sensors in ``harness/device/sensors.py`` (a test keeps them
+#: equal): Jetson INA3221 (hwmon on JetPack 5+, IIO on JetPack 4), tegrastats, the Pi 5 PMIC via vcgencmd, a
+#: phone's battery fuel gauge, Intel RAPL, an external meter (boards without an on-board sensor)
+ENERGY_SENSORS = ("jetson-ina3221-hwmon", "jetson-ina3221-iio", "jetson-tegrastats", "rpi5-pmic", "android-battery",
+                  "linux-rapl", "external-meter")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,10 +158,11 @@ def check_sparsity(level: Any, where: str = "sparsity") -> float:
 
 
 _BLOCK_RE = re.compile(r"^block:(\d+)x(\d+)$")
+_NM_RE = re.compile(r"^nm:(\d+):(\d+)$")
 
 
 def parse_method(text: str, where: str = "sparsify.methods") -> Method:
-    """``unstructured`` or ``block:RxC``."""
+    """``unstructured``, ``block:RxC`` or ``nm:N:M``."""
     if text == "unstructured":
         return Method("unstructured")
     match = _BLOCK_RE.match(text)
@@ -150,7 +171,15 @@ def parse_method(text: str, where: str = "sparsify.methods") -> Method:
         if r < 1 or c < 1:
             raise HarnessError(f"{where}: block shape {text!r} needs positive sizes, e.g. block:16x1")
         return Method("block", (r, c))
-    raise HarnessError(f"{where}: unknown method {text!r}; known: unstructured, block:RxC (e.g. block:16x1)")
+    match = _NM_RE.match(text)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise HarnessError(f"{where}: N:M pattern {text!r} needs 0 < N < M, e.g. nm:2:4")
+        return Method("nm", (n, m))
+    raise HarnessError(
+        f"{where}: unknown method {text!r}; known: unstructured, block:RxC (e.g. block:16x1), nm:N:M (e.g. nm:2:4)"
+    )
 
 
 def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
@@ -214,6 +243,10 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     fields = set(MeasureConfig.__dataclass_fields__)
     _check_keys(ms, fields, "[measure]")
     for key, value in ms.items():
+        if key == "sensor_root":
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise HarnessError(f"[measure].sensor_root must be an absolute path on the device, got {value!r}")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise HarnessError(f"[measure].{key} must be a non-negative number, got {value!r}")
     measure = MeasureConfig(**ms)

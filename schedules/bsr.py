@@ -21,7 +21,17 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .cpu import KERNEL_ATTRS, SPARE_REGISTERS, TARGET_CHAINS, CpuInfo, largest_divisor_at_most
+from .cpu import (
+    ACC_SCOPE,
+    NO_EPILOGUE,
+    SPARE_REGISTERS,
+    TARGET_CHAINS,
+    CpuInfo,
+    Epilogue,
+    epilogue,
+    finish,
+    largest_divisor_at_most,
+)
 
 # Block shapes tried by `choose_block`, largest first. All are r x 1: the lane runs along
 # output rows, so taller blocks mean fuller vectors and fewer index loads.
@@ -170,16 +180,15 @@ def choose_tiling(m: int, block: tuple[int, int], cpu: CpuInfo) -> BSRTiling:
     return BSRTiling(lane=lane, mt=mt, ku=max(1, min(registers, TARGET_CHAINS) // accumulators))
 
 
-def bsr_func(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
-    """TensorIR kernel (x[M, K], data, indices, indptr) -> y[M, N] for `matrix`'s sizes.
+def bsr_func(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
+    """TensorIR kernel (x[M, K], data, indices, indptr, [bias]) -> y[M, N] for `matrix`'s sizes.
 
     The "rows" and "batch" variants read x as x^T[K, M]: at batch > 1 a prologue transposes it
     so that the batch values of one column (what a block multiplies) share a cache line instead
     of sitting K floats apart; at batch 1, x[1, K] already is x^T[K, 1] and is used in place.
     """
     builders = {"rows": _bsr_row_lanes, "batch": _bsr_batch_lanes, "nonzeros": _csr_nonzero_lanes}
-    func = builders[tiling.lane](m, matrix, tiling)
-    return func.with_attr(KERNEL_ATTRS)
+    return finish(builders[tiling.lane](m, matrix, tiling, ep), ep)
 
 
 def _transpose_tile(k: int) -> int:
@@ -191,7 +200,7 @@ def _transpose_tile(k: int) -> int:
     return largest_divisor_at_most(k, 16)
 
 
-def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """Lane = the r rows of a block: an mt x r accumulator tile per block-row, x^T broadcast."""
     n, k = matrix.shape
     r, c = matrix.block
@@ -207,6 +216,7 @@ def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.Pri
         data: T.Buffer((stored, c, r), "float32"),
         indices: T.Buffer((stored,), "int32"),
         indptr: T.Buffer((rows + 1,), "int32"),
+        bias: T.Buffer((n,), "float32"),
         y: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
@@ -218,11 +228,13 @@ def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.Pri
         else:
             xt = T.decl_buffer((k, m), "float32", data=x.data)
         for i in T.parallel(rows):
-            acc = T.alloc_buffer((ku, mt, r), "float32", scope="local")
+            acc = T.alloc_buffer((ku, mt, r), "float32", scope=ACC_SCOPE)
             for mo in range(m // mt):
-                for u, mi in T.grid(ku, mt):
-                    for ri in T.vectorized(r):
-                        acc[u, mi, ri] = T.float32(0)
+                # unrolled (here and below): constant indices let LLVM keep acc in registers
+                for u in T.unroll(ku):
+                    for mi in T.unroll(mt):
+                        for ri in T.vectorized(r):
+                            acc[u, mi, ri] = T.float32(0)
                 # ku blocks per step, each into its own partial sum; a bound test skips the
                 # overhang of the last step (cheaper than a separate tail loop, and predictable).
                 for jo in range((indptr[i + 1] - indptr[i] + ku - 1) // ku):
@@ -236,22 +248,23 @@ def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.Pri
                                             + data[indptr[i] + jo * ku + u, ci, ri]
                                             * xt[indices[indptr[i] + jo * ku + u] * c + ci, mo * mt + mi]
                                         )
-                for u in range(1, ku):
+                for u in T.unroll(1, ku):
                     for mi in T.unroll(mt):
                         for ri in T.vectorized(r):
                             acc[0, mi, ri] = acc[0, mi, ri] + acc[u, mi, ri]
                 if i < full_rows:
                     for mi in T.unroll(mt):
                         for ri in T.vectorized(r):
-                            y[mo * mt + mi, i * r + ri] = acc[0, mi, ri]
+                            y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, mi, ri], bias, i * r + ri)
                 else:
-                    for mi, ri in T.grid(mt, n - full_rows * r):
-                        y[mo * mt + mi, i * r + ri] = acc[0, mi, ri]
+                    for mi in T.unroll(mt):
+                        for ri in T.unroll(n - full_rows * r):
+                            y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, mi, ri], bias, i * r + ri)
 
     return bsr
 
 
-def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """Lane = mt batch rows: an r x mt accumulator tile per block-row, block values broadcast."""
     n, k = matrix.shape
     r, c = matrix.block
@@ -266,6 +279,7 @@ def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.P
         data: T.Buffer((stored, c, r), "float32"),
         indices: T.Buffer((stored,), "int32"),
         indptr: T.Buffer((rows + 1,), "int32"),
+        bias: T.Buffer((n,), "float32"),
         y: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
@@ -274,11 +288,12 @@ def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.P
             for mm, kk in T.grid(m, kt_len):
                 xt[kt * kt_len + kk, mm] = x[mm, kt * kt_len + kk]
         for i in T.parallel(rows):
-            acc = T.alloc_buffer((ku, r, mt), "float32", scope="local")
+            acc = T.alloc_buffer((ku, r, mt), "float32", scope=ACC_SCOPE)
             for mo in range(m // mt):
-                for u, ri in T.grid(ku, r):
-                    for mi in T.vectorized(mt):
-                        acc[u, ri, mi] = T.float32(0)
+                for u in T.unroll(ku):
+                    for ri in T.unroll(r):
+                        for mi in T.vectorized(mt):
+                            acc[u, ri, mi] = T.float32(0)
                 for jo in range((indptr[i + 1] - indptr[i] + ku - 1) // ku):
                     for u in T.unroll(ku):
                         if jo * ku + u < indptr[i + 1] - indptr[i]:
@@ -290,19 +305,19 @@ def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.P
                                             + data[indptr[i] + jo * ku + u, ci, ri]
                                             * xt[indices[indptr[i] + jo * ku + u] * c + ci, mo * mt + mi]
                                         )
-                for u in range(1, ku):
+                for u in T.unroll(1, ku):
                     for ri in T.unroll(r):
                         for mi in T.vectorized(mt):
                             acc[0, ri, mi] = acc[0, ri, mi] + acc[u, ri, mi]
-                for mi in range(mt):
-                    for ri in range(r):
+                for mi in T.unroll(mt):
+                    for ri in T.unroll(r):
                         if i * r + ri < n:
-                            y[mo * mt + mi, i * r + ri] = acc[0, ri, mi]
+                            y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, ri, mi], bias, i * r + ri)
 
     return bsr_batch
 
 
-def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx.PrimFunc:
+def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """Batch-1 CSR: lane = mt consecutive nonzeros of a row, x gathered, summed across at the end.
 
     A scalar loop spends three loads per nonzero (index, value, x); here values and indices
@@ -319,11 +334,12 @@ def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx
         data: T.Buffer((stored, 1, 1), "float32"),
         indices: T.Buffer((stored,), "int32"),
         indptr: T.Buffer((n + 1,), "int32"),
+        bias: T.Buffer((n,), "float32"),
         y: T.Buffer((1, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         for i in T.parallel(n):
-            acc = T.alloc_buffer((lanes,), "float32", scope="local")
+            acc = T.alloc_buffer((lanes,), "float32", scope=ACC_SCOPE)
             for v in T.vectorized(lanes):
                 acc[v] = T.float32(0)
             for jo in range((indptr[i + 1] - indptr[i]) // lanes):
@@ -333,6 +349,6 @@ def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling) -> tvm.tirx
                 acc[0] = acc[0] + data[j, 0, 0] * x[0, indices[j]]
             for v in range(1, lanes):
                 acc[0] = acc[0] + acc[v]
-            y[0, i] = acc[0]
+            y[0, i] = epilogue(ep, acc[0], bias, i)
 
     return csr

@@ -18,18 +18,32 @@ import numpy as np
 
 from . import bsr
 from .cpu import CpuInfo
-from .kernels import Candidate, candidates, label, make_kernel
+from .kernels import Candidate, candidates, label, make_kernel, nm_pattern
+
+#: The rule takes an N:M kernel only if the weight fills at least this fraction of its n slots per group.
+NM_MIN_FILL = 0.75
 
 #: (weight [N, K], batch M, cpu) -> (candidate, info for the layer record)
 Chooser = Callable[[np.ndarray, int, CpuInfo], "tuple[Candidate, dict]"]
 
 
 def rule_chooser(sparse_min: float = 0.5) -> Chooser:
-    """Sparse (BSR, best-fitting block) when at least ``sparse_min`` of the weight is zero, else dense."""
+    """Sparse when at least ``sparse_min`` of the weight is zero, else dense; N:M weights get the N:M kernel.
+
+    Sparse means BSR with the best-fitting block (`bsr.choose_block`). A weight with no block
+    structure (1x1) that satisfies an N:M pattern, with most of its n slots per group filled, gets
+    the N:M kernel whatever ``sparse_min`` says: the pattern is what it was pruned for, and the
+    kernel beats dense at 50 % zeros where CSR's indices cost more than they save.
+    """
 
     def choose(weight: np.ndarray, m: int, cpu: CpuInfo) -> tuple[Candidate, dict]:
-        if 1.0 - bsr.density(weight) >= sparse_min:
-            return ("bsr", bsr.choose_block(weight)), {"choice": "rule", "rule": f"zeros >= {sparse_min:g}"}
+        density = bsr.density(weight)
+        block = bsr.choose_block(weight) if density < 1.0 else None
+        pattern = nm_pattern(weight) if block == (1, 1) else None
+        if pattern is not None and density >= NM_MIN_FILL * pattern[0] / pattern[1]:
+            return ("nm", pattern), {"choice": "rule", "rule": f"{pattern[0]}:{pattern[1]} structured"}
+        if 1.0 - density >= sparse_min:
+            return ("bsr", block), {"choice": "rule", "rule": f"zeros >= {sparse_min:g}"}
         return ("dense", None), {"choice": "rule", "rule": f"zeros < {sparse_min:g}"}
 
     return choose

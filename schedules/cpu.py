@@ -50,10 +50,61 @@ TARGET_CHAINS = 8
 # Vector registers kept free of accumulators: operands in flight and the broadcast value.
 SPARE_REGISTERS = 4
 
+# Storage scope of the kernels' small accumulator tiles. TVM 0.27's LowerTVMBuiltin keeps only "global"
+# allocations of constant size under 1 KiB on the stack; a "local" one becomes a TVMBackendAllocWorkspace
+# call (per parallel iteration) and lives in memory, so LLVM cannot promote the tile to registers: every
+# FMA then also stores its accumulator. "global" + constant size = an alloca that LLVM turns into registers.
+ACC_SCOPE = "global"
+
 # Attributes of a finished kernel. "tirx.is_scheduled" keeps dlight and MetaSchedule off it.
 # op_pattern 8 (kOpaque) says explicitly what AnnotateTIROpPattern infers for a loop nest
 # without blocks: FuseOps must not merge neighbouring elementwise ops into it.
 KERNEL_ATTRS = {"tirx.is_scheduled": True, "op_pattern": 8}
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a kernel does to each output before storing it: ``+ bias[col]`` then ``max(., 0)``.
+
+    With ``bias`` the kernel takes one more argument, bias [N] float32, between its weight arrays
+    and y. Fusing these into the final store saves a pass over y (and TVM's default pipeline
+    would run a separate add and ReLU as unscheduled loops).
+    """
+
+    bias: bool = False
+    relu: bool = False
+
+    @property
+    def suffix(self) -> str:
+        """Kernel-name suffix: "", "_bias", "_relu" or "_bias_relu"."""
+        return ("_bias" if self.bias else "") + ("_relu" if self.relu else "")
+
+
+NO_EPILOGUE = Epilogue()
+
+
+def epilogue(ep: Epilogue, value, bias, col):
+    """`value` (a TIR expression of output column `col`) after `ep`; called from inside TVMScript kernels."""
+    from tvm.script import tirx as T
+
+    if ep.bias:
+        value = value + bias[col]
+    if ep.relu:
+        value = T.max(value, T.float32(0))
+    return value
+
+
+def finish(func, ep: Epilogue):
+    """A kernel's PrimFunc ready to emit: without the ``bias`` parameter unless `ep` uses it, with KERNEL_ATTRS.
+
+    The TVMScript kernels always declare ``bias``; a body that never reads it (no bias epilogue)
+    loses the parameter here, so callers pass exactly (x, weight arrays..., [bias], y).
+    """
+    import tvm
+
+    if not ep.bias:
+        func = tvm.tirx.PrimFunc([p for p in func.params if p.name != "bias"], func.body, func.ret_type, func.attrs)
+    return func.with_attr(KERNEL_ATTRS)
 
 
 @dataclass(frozen=True)
@@ -64,10 +115,14 @@ class CpuInfo:
         lanes: fp32 elements per vector register (4 for SSE/NEON, 8 for AVX2, 16 for AVX-512).
         registers: number of architectural vector registers; bounds how many accumulators a
             micro-kernel may keep live without spilling.
+        isa: vector instruction set: "avx512", "avx2", "avx", "sse" (x86-64) or "neon" (Arm). Kernels use
+            it for instructions LLVM does not form on its own from TensorIR (register permutes,
+            gathers); anything else gets their portable form.
     """
 
     lanes: int
     registers: int
+    isa: str = "sse"
 
 
 def is_llvm_cpu(target: tvm.target.Target) -> bool:
@@ -85,13 +140,15 @@ def cpu_info(target: tvm.target.Target) -> CpuInfo:
     mcpu = str(target.attrs.get("mcpu", ""))
     mattr = {str(a) for a in target.attrs.get("mattr", [])}
     if triple.startswith(("aarch64", "arm64")):
-        return CpuInfo(lanes=4, registers=32)  # NEON: 32 x 128-bit
+        return CpuInfo(lanes=4, registers=32, isa="neon")  # NEON: 32 x 128-bit
     if triple.startswith("arm"):
-        return CpuInfo(lanes=4, registers=16)  # 32-bit NEON: 16 q-registers
+        return CpuInfo(lanes=4, registers=16, isa="neon")  # 32-bit NEON: 16 q-registers
     if "+avx512f" in mattr or (mcpu in _AVX512_CPUS and "-avx512f" not in mattr):
-        return CpuInfo(lanes=16, registers=32)
-    if mattr & {"+avx2", "+avx"} or mcpu in _AVX2_CPUS:
-        return CpuInfo(lanes=8, registers=16)
+        return CpuInfo(lanes=16, registers=32, isa="avx512")
+    if "+avx2" in mattr or mcpu in _AVX2_CPUS:
+        return CpuInfo(lanes=8, registers=16, isa="avx2")
+    if "+avx" in mattr:
+        return CpuInfo(lanes=8, registers=16, isa="avx")  # 256-bit float ops, no AVX2 permutes/gathers
     return CpuInfo(lanes=4, registers=16)  # baseline x86-64: SSE2
 
 

@@ -18,7 +18,17 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .cpu import KERNEL_ATTRS, SPARE_REGISTERS, TARGET_CHAINS, CpuInfo, largest_divisor_at_most
+from .cpu import (
+    ACC_SCOPE,
+    NO_EPILOGUE,
+    SPARE_REGISTERS,
+    TARGET_CHAINS,
+    CpuInfo,
+    Epilogue,
+    epilogue,
+    finish,
+    largest_divisor_at_most,
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,8 @@ def pack_weight(weight: np.ndarray, vn: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, vn, k).transpose(0, 2, 1))
 
 
-def dense_func(m: int, n: int, k: int, tiling: DenseTiling) -> tvm.tirx.PrimFunc:
-    """TensorIR kernel (x[M, K], W_packed[N/vn, K, vn]) -> y[M, N], parallel over weight blocks."""
+def dense_func(m: int, n: int, k: int, tiling: DenseTiling, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
+    """TensorIR kernel (x[M, K], W_packed[N/vn, K, vn], [bias]) -> y[M, N], parallel over weight blocks."""
     vn, mt, ku = tiling.vn, tiling.mt, tiling.ku
     blocks = -(-n // vn)
     full_blocks = n // vn
@@ -66,11 +76,12 @@ def dense_func(m: int, n: int, k: int, tiling: DenseTiling) -> tvm.tirx.PrimFunc
     def dense(
         x: T.Buffer((m, k), "float32"),
         w: T.Buffer((blocks, k, vn), "float32"),
+        bias: T.Buffer((n,), "float32"),
         y: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         for nb in T.parallel(blocks):
-            acc = T.alloc_buffer((ku, mt, vn), "float32", scope="local")
+            acc = T.alloc_buffer((ku, mt, vn), "float32", scope=ACC_SCOPE)
             for mo in range(m // mt):
                 for u, mi in T.grid(ku, mt):
                     for v in T.vectorized(vn):
@@ -91,9 +102,10 @@ def dense_func(m: int, n: int, k: int, tiling: DenseTiling) -> tvm.tirx.PrimFunc
                 if nb < full_blocks:
                     for mi in T.unroll(mt):
                         for v in T.vectorized(vn):
-                            y[mo * mt + mi, nb * vn + v] = acc[0, mi, v]
+                            y[mo * mt + mi, nb * vn + v] = epilogue(ep, acc[0, mi, v], bias, nb * vn + v)
                 else:
-                    for mi, v in T.grid(mt, n - full_blocks * vn):
-                        y[mo * mt + mi, nb * vn + v] = acc[0, mi, v]
+                    for mi in T.unroll(mt):
+                        for v in T.unroll(n - full_blocks * vn):
+                            y[mo * mt + mi, nb * vn + v] = epilogue(ep, acc[0, mi, v], bias, nb * vn + v)
 
-    return dense.with_attr(KERNEL_ATTRS)
+    return finish(dense, ep)

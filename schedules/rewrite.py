@@ -1,13 +1,15 @@
-"""Relax rewrite: swap every matmul with a constant weight for our dense or BSR kernel.
+"""Relax rewrite: swap every matmul with a constant weight for our dense, BSR or N:M kernel.
 
-Forms matched (as `relax.frontend.onnx.from_onnx` emits them, fp32, static shapes):
+Forms matched (as `relax.frontend.onnx.from_onnx` and torch.export emit them, fp32, static shapes):
 
-* ONNX Gemm(transB=1): ``matmul(x, permute_dims(W))`` with W a [N, K] constant;
-* ONNX MatMul with an initializer: ``matmul(x, W)`` with W a [K, N] constant.
+* ONNX Gemm(transB=1), torch linear: ``matmul(x, permute_dims(W))`` with W a [N, K] constant;
+* ONNX MatMul with an initializer: ``matmul(x, W)`` with W a [K, N] constant;
+* 1x1 ``nn.conv2d`` with a constant weight, NCHW or NHWC, stride 1, no padding, one group
+  (see `schedules.conv`: NHWC is a reshape, NCHW transposes each image around the kernel).
 
 x may be [M, K] or [..., K]; leading dimensions are flattened into the batch around the kernel.
 A following bias ``add`` is left to Relax. The weight is replaced by its packed (dense) or
-compressed (BSR) arrays as Relax constants, so the exported library stores only those.
+compressed (BSR, N:M) arrays as Relax constants, so the exported library stores only those.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import bsr
+from . import bsr, conv
 from .choose import Chooser, rule_chooser
 from .cpu import cpu_info, is_llvm_cpu
 from .kernels import make_kernel
 
-Kernel = Literal["dense", "bsr", "default"]
+Kernel = Literal["dense", "bsr", "nm", "default"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,21 @@ class LayerRecord:
         layer: index of the matmul among constant-weight matmuls, in program order.
         shape: [N, K] of the weight (output features, input features).
         batch: M, rows of x after flattening leading dimensions (None when not static).
-        kernel: "dense" (our packed dense kernel), "bsr" (our block-sparse kernel) or
-            "default" (left to TVM: non-CPU target, dynamic shape or not fp32).
-        block: [r, c] block shape for "bsr", else None.
+        kernel: "dense" (our packed dense kernel), "bsr" (our block-sparse kernel), "nm" (our
+            N:M structured kernel) or "default" (left to TVM: non-CPU target, dynamic shape or
+            not fp32).
+        block: [r, c] block shape for "bsr", [n, m] pattern for "nm", else None.
         density: fraction of nonzero weight elements.
-        nnz_blocks: stored nonzero r x c blocks for "bsr"; 0 otherwise.
+        nnz_blocks: stored nonzero r x c blocks for "bsr", stored value slots for "nm"; 0 otherwise.
         weight_bytes: bytes of the stored weight: packed array (dense), values + indices +
-            indptr (bsr), or the original constant (default).
+            indptr (bsr), values + indices (nm), or the original constant (default).
         choice: how the kernel was picked: "measured" (fastest of the timed candidates),
             "rule" (a stated rule, when the device cannot be timed) or "none" (default kernel).
         alternatives_us: for "measured", median µs of every candidate timed ("dense",
             "bsr 16x1", ...); None otherwise.
         rule: for "rule", the rule that decided.
+        op: the layer's operator: "matmul" (ONNX Gemm / MatMul, torch linear) or "conv1x1"
+            (a 1x1 conv2d; shape is then [O, I] and batch is B*H*W, the matmul it became).
     """
 
     layer: int
@@ -61,6 +66,7 @@ class LayerRecord:
     choice: str = "none"
     alternatives_us: dict | None = None
     rule: str | None = None
+    op: str = "matmul"
 
     def to_dict(self) -> dict:
         """Plain, JSON-ready dict with the record's fields."""
@@ -74,16 +80,17 @@ def rewrite_module(
     sparse_min: float = 0.5,
     chooser: Chooser | None = None,
 ) -> tuple[tvm.IRModule, list[dict]]:
-    """Replace every matmul with a constant weight by our kernels.
+    """Replace every matmul (and 1x1 conv) with a constant weight by our kernels.
 
     `chooser` picks each layer's kernel (see `schedules.choose`: `MeasuredChooser` times the
-    candidates on this machine). Without one, a weight whose fraction of zeros is >= `sparse_min`
-    gets a BSR kernel with the block shape from `bsr.choose_block` and any other the packed
-    dense kernel. For targets that are not LLVM CPUs (e.g. CUDA) the module is returned
+    candidates on this machine). Without one, `rule_chooser(sparse_min)` decides: an N:M weight
+    gets the N:M kernel, a weight whose fraction of zeros is >= `sparse_min` a BSR kernel with
+    the block shape from `bsr.choose_block`, any other the packed dense kernel. For targets that are not LLVM CPUs (e.g. CUDA) the module is returned
     unchanged, with "default" records.
 
     Returns:
-        (new module, one `LayerRecord.to_dict()` per constant-weight matmul, in program order).
+        (new module, one `LayerRecord.to_dict()` per constant-weight matmul or 1x1 conv, in
+        program order).
     """
     rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min))
     for gvar, func in mod.functions_items():
@@ -116,28 +123,85 @@ class _MatmulRewriter(relax.PyExprMutator):
         self.chooser = chooser
         self.records: list[LayerRecord] = []
         self.rewrites = 0
-        self.dense_kernels: dict[str, relax.GlobalVar] = {}
+        self.shared_kernels: dict[str, relax.GlobalVar] = {}  # dense and transpose kernels, by name
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
-            return call
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul":
+            return self._rewrite_matmul(call)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d":
+            return self._rewrite_conv(call)
+        return call
+
+    def _served(self, weight: np.ndarray, x_shape: list[int] | None, call: relax.Call) -> bool:
+        """Whether our kernels can take this layer: CPU target, static fp32 shapes, fp32 weight."""
+        return (
+            self.cpu is not None
+            and x_shape is not None
+            and weight.dtype == np.float32
+            and _fp32_static_shape(call.ty) is not None
+        )
+
+    def _rewrite_matmul(self, call: relax.Call) -> relax.Expr:
         weight = self._constant_weight(call.args[1])
         if weight is None:
             return call
         x_shape = _fp32_static_shape(call.args[0].ty)
         batch = math.prod(x_shape[:-1]) if x_shape and len(x_shape) >= 2 else None
-        served = (
-            self.cpu is not None
-            and batch is not None
-            and weight.dtype == np.float32
-            and _fp32_static_shape(call.ty) is not None
-        )
-        if not served:
+        if batch is None or not self._served(weight, x_shape, call):
             self._record(weight, batch, "default", None, 0, weight.nbytes)
             return call
         self.rewrites += 1
-        return self._emit_kernel(call.args[0], x_shape, weight)
+        x = call.args[0]
+        n, k = weight.shape
+        if len(x_shape) != 2:
+            x = self.builder_.emit(relax.op.reshape(x, (batch, k)))
+        out = self._kernel_call(x, batch, weight, "matmul")
+        if len(x_shape) != 2:
+            return relax.op.reshape(self.builder_.emit(out), (*x_shape[:-1], n))
+        return out
+
+    def _rewrite_conv(self, call: relax.Call) -> relax.Expr:
+        """A 1x1 conv2d with a constant weight (NCHW or NHWC, stride 1, no padding, one group) -> our matmul kernels."""
+        arg = call.args[1]
+        if not (isinstance(arg, tvm.ir.GenericConst) and isinstance(arg.ty, relax.TensorType)):
+            return call
+        weight = conv.pointwise_weight(call.attrs, arg.value.numpy())
+        if weight is None:
+            return call
+        x_shape = _fp32_static_shape(call.args[0].ty)
+        if x_shape is None or len(x_shape) != 4 or not self._served(weight, x_shape, call):
+            self._record(weight, None, "default", None, 0, arg.value.numpy().nbytes, op="conv1x1")
+            return call
+        self.rewrites += 1
+        o, c = weight.shape
+        x = call.args[0]
+        if str(call.attrs.data_layout) == "NHWC":
+            b, h, w, _ = x_shape
+            x2 = self.builder_.emit(relax.op.reshape(x, (b * h * w, c)))
+            out = self.builder_.emit(self._kernel_call(x2, b * h * w, weight, "conv1x1"))
+            return relax.op.reshape(out, (b, h, w, o))
+        b, _, h, w = x_shape
+        pixels = h * w
+        if pixels == 1:  # [B, C, 1, 1] is already [B, C]
+            x2 = self.builder_.emit(relax.op.reshape(x, (b, c)))
+            out = self.builder_.emit(self._kernel_call(x2, b, weight, "conv1x1"))
+            return relax.op.reshape(out, (b, o, 1, 1))
+        x3 = self.builder_.emit(relax.op.reshape(x, (b, c, pixels)))
+        xt = self.builder_.emit(self._transpose(x3, b, c, pixels))
+        x2 = self.builder_.emit(relax.op.reshape(xt, (b * pixels, c)))
+        y2 = self.builder_.emit(self._kernel_call(x2, b * pixels, weight, "conv1x1"))
+        y3 = self.builder_.emit(relax.op.reshape(y2, (b, pixels, o)))
+        yt = self.builder_.emit(self._transpose(y3, b, pixels, o))
+        return relax.op.reshape(yt, (b, o, h, w))
+
+    def _transpose(self, x: relax.Expr, batch: int, rows: int, cols: int) -> relax.Expr:
+        """call_tir of our tiled transpose [batch, rows, cols] -> [batch, cols, rows] (one PrimFunc per shape)."""
+        name = f"transpose_{batch}x{rows}x{cols}"
+        gvar = self.shared_kernels.get(name)
+        if gvar is None:
+            gvar = self.shared_kernels[name] = self.builder_.add_func(conv.transpose_func(batch, rows, cols), name)
+        return relax.call_tir(gvar, [x], out_ty=relax.TensorType((batch, cols, rows), "float32"))
 
     def _constant_weight(self, arg: relax.Expr) -> np.ndarray | None:
         """W as a [N, K] array if `arg` is W^T: a 2-D [K, N] constant or permute_dims(W)."""
@@ -157,30 +221,24 @@ class _MatmulRewriter(relax.PyExprMutator):
             return None
         return np.ascontiguousarray(value if transposed else value.T)
 
-    def _emit_kernel(self, x: relax.Expr, x_shape: list[int], weight: np.ndarray) -> relax.Expr:
-        """Emit call_tir of the chosen kernel on x flattened to [M, K]; reshape back if needed."""
+    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str) -> relax.Expr:
+        """call_tir of the chosen kernel on x [M, K] -> [M, N]; records the layer."""
         n, k = weight.shape
-        m = math.prod(x_shape[:-1])
-        if len(x_shape) != 2:
-            x = self.builder_.emit(relax.op.reshape(x, (m, k)))
         candidate, info = self.chooser(weight, m, self.cpu)
         impl = make_kernel(candidate, weight, m, self.cpu)
         # one PrimFunc per distinct dense kernel (the weight is an argument); sparse kernels are
         # specialised to their number of stored blocks, so each layer gets its own
-        gvar = self.dense_kernels.get(impl.name) if impl.kind == "dense" else None
+        gvar = self.shared_kernels.get(impl.name) if impl.kind == "dense" else None
         if gvar is None:
             gvar = self.builder_.add_func(impl.func, impl.name)
             if impl.kind == "dense":
-                self.dense_kernels[impl.name] = gvar
+                self.shared_kernels[impl.name] = gvar
         args = [x] + [relax.const(a) for a in impl.consts]
         self._record(weight, m, impl.kind, list(impl.block) if impl.block else None, impl.nnz_blocks,
-                     impl.weight_bytes, **info)
-        out = relax.call_tir(gvar, args, out_ty=relax.TensorType((m, n), "float32"))
-        if len(x_shape) != 2:
-            out = relax.op.reshape(self.builder_.emit(out), (*x_shape[:-1], n))
-        return out
+                     impl.weight_bytes, op=op, **info)
+        return relax.call_tir(gvar, args, out_ty=relax.TensorType((m, n), "float32"))
 
-    def _record(self, weight, batch, kernel, block, nnz_blocks, weight_bytes, *, choice="none",
+    def _record(self, weight, batch, kernel, block, nnz_blocks, weight_bytes, *, op="matmul", choice="none",
                 alternatives_us=None, rule=None, cached=None) -> None:
         self.records.append(
             LayerRecord(
@@ -195,5 +253,6 @@ class _MatmulRewriter(relax.PyExprMutator):
                 choice=choice,
                 alternatives_us=alternatives_us,
                 rule=rule,
+                op=op,
             )
         )

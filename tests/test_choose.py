@@ -45,3 +45,16 @@ def test_rule_choice_says_it_was_not_measured():
     w = _block_sparse(64, 32, (8, 1), 0.9)
     choice, info = rule_chooser(0.5)(w, 1, None)
     assert choice == ("bsr", (8, 1)) and info["choice"] == "rule"
+
+
+def test_nm_candidate_only_for_nm_weights():
+    from schedules.nm import prune_nm
+
+    rng = np.random.default_rng(4)
+    w24 = prune_nm(rng.standard_normal((64, 30)).astype(np.float32), 2, 4)
+    assert ("nm", (2, 4)) in candidates(w24)
+    unstructured = rng.standard_normal((64, 32)).astype(np.float32) * (rng.random((64, 32)) > 0.5)
+    assert not [c for c in candidates(unstructured) if c[0] == "nm"]
+    choice, info = rule_chooser(0.5)(w24, 1, None)
+    assert choice == ("nm", (2, 4)) and "2:4" in info["rule"]
+    assert label(choice) == "nm 2:4"

@@ -15,12 +15,13 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
-from schedules import bsr, dense, rewrite_module  # noqa: E402
+from schedules import bsr, dense, nm, rewrite_module, sell  # noqa: E402
 from schedules.bench import block_pruned, build_kernel  # noqa: E402
 from schedules.cpu import cpu_info  # noqa: E402
 
 AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "mattr": ["+avx2", "+fma"], "num-cores": 2}
 AVX512 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4", "mattr": ["+avx512f"], "num-cores": 2}
+SSE2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
 
 
@@ -155,6 +156,135 @@ def test_kernels_avx512(m, block):
     _run_bsr(AVX512, m, _weight_cases(block)["mixed_rows"], block)
 
 
+# --- unstructured at batch 1 (SELL-C-sigma) ----------------------------------------------------
+
+
+def _sell_cases() -> dict[str, np.ndarray]:
+    """1x1-sparse weights with N, K odd sizes, empty and fully dense rows, 0 and 99 % sparsity."""
+    cases = _weight_cases((1, 1))
+    rng = np.random.default_rng(21)
+    cases["wide"] = block_pruned(37, 301, (1, 1), 0.9, rng)  # several column windows, K not a multiple of 32
+    cases["tiny"] = block_pruned(3, 5, (1, 1), 0.5, rng)
+    return cases
+
+
+@pytest.mark.parametrize("target", [AVX2, AVX512, SSE2], ids=["avx2", "avx512", "sse2"])
+def test_sell_round_trip(target):
+    layout = sell.choose_layout(cpu_info(tvm.target.Target(target)))
+    for weight in _sell_cases().values():
+        matrix = sell.to_sell(weight, layout)
+        np.testing.assert_array_equal(matrix.to_dense(), weight)
+        assert matrix.nnz == np.count_nonzero(weight)
+        assert matrix.values.size >= matrix.nnz and matrix.nbytes > 0
+
+
+def test_sell_layouts():
+    assert sell.choose_layout(cpu_info(tvm.target.Target(AVX512))).window == 32
+    plain = sell.choose_layout(cpu_info(tvm.target.Target(AVX2)))
+    assert plain.window == 0 and plain.gather == "llvm.x86.avx2.gather.d.ps.256"
+    assert sell.choose_layout(cpu_info(tvm.target.Target(AARCH64))).gather is None
+
+
+def _run_sell(target: dict, weight: np.ndarray) -> None:
+    target = tvm.target.Target(target)
+    matrix = sell.to_sell(weight, sell.choose_layout(cpu_info(target)))
+    kernel = build_kernel(sell.sell_func(matrix), target)
+    x = np.random.default_rng(5).standard_normal((1, weight.shape[1])).astype(np.float32)
+    y = tvm.runtime.tensor(np.full((1, weight.shape[0]), np.nan, np.float32))
+    kernel(*(tvm.runtime.tensor(a) for a in (x, matrix.values, matrix.cols, matrix.slice_ptr, matrix.perm)), y)
+    _assert_close(y.numpy(), x.astype(np.float64) @ weight.T.astype(np.float64))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [pytest.param(AVX2, marks=needs_avx2), pytest.param(AVX512, marks=needs_avx512),
+     pytest.param(SSE2, marks=pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 host"))],
+    ids=["avx2-gather", "avx512-windowed", "sse2-lanes"],
+)
+def test_sell_kernel(target):
+    for weight in _sell_cases().values():
+        _run_sell(target, weight)
+
+
+# --- N:M structured sparsity ------------------------------------------------------------------
+
+
+def _nm_cases(n: int, m: int) -> dict[str, np.ndarray]:
+    """N:M weights [70, 50] (K not a multiple of m): random, with empty and full rows, 99 % zeros, all zero."""
+    rng = np.random.default_rng(n * 10 + m)
+    base = nm.prune_nm(rng.standard_normal((70, 50)).astype(np.float32), n, m)
+    rows = base.copy()
+    rows[:20] = 0  # empty rows (a whole vector block of them)
+    sparse99 = base * (rng.random(base.shape) < 0.01 * m / n)  # ~99 % zeros overall
+    return {"nm": base, "rows": rows, "sparse99": sparse99, "all_zero": np.zeros_like(base)}
+
+
+def test_prune_nm_keeps_largest_per_group():
+    w = np.array([[1.0, -4.0, 3.0, 2.0, 0.5, -0.1, 0.2]], np.float32)  # K = 7: the last group has 3 columns
+    np.testing.assert_array_equal(nm.prune_nm(w, 2, 4), np.array([[0, -4.0, 3.0, 0, 0.5, 0, 0.2]], np.float32))
+    assert nm.satisfies_nm(nm.prune_nm(w, 2, 4), 2, 4) and not nm.satisfies_nm(w, 2, 4)
+    assert nm.satisfies_nm(nm.prune_nm(w, 1, 4), 1, 4) and not nm.satisfies_nm(nm.prune_nm(w, 2, 4), 1, 4)
+
+
+def test_prune_nm_rejects_bad_pattern():
+    with pytest.raises(ValueError, match="0 < n <= m"):
+        nm.prune_nm(np.ones((2, 4), np.float32), 5, 4)
+
+
+@pytest.mark.parametrize("pattern", [(2, 4), (1, 4), (2, 8), (3, 5)])
+@pytest.mark.parametrize("target", [AVX2, AVX512, SSE2], ids=["avx2", "avx512", "sse2"])
+def test_to_nm_round_trip(pattern, target):
+    layout = nm.choose_layout(*pattern, cpu_info(tvm.target.Target(target)))
+    for weight in _nm_cases(*pattern).values():
+        matrix = nm.to_nm(weight, *pattern, layout)
+        np.testing.assert_array_equal(matrix.to_dense(), weight)
+        assert matrix.values.shape[1] * layout.m == matrix.windows * layout.stride * layout.n
+    with pytest.raises(ValueError, match="not 2:4"):
+        nm.to_nm(np.ones((4, 8), np.float32), 2, 4, nm.choose_layout(2, 4, cpu_info(tvm.target.Target(AVX2))))
+
+
+def test_nm_layout_uses_register_permutes_on_x86():
+    assert nm.choose_layout(2, 4, cpu_info(tvm.target.Target(AVX512))).permute == "llvm.x86.avx512.permvar.sf.512"
+    assert nm.choose_layout(2, 4, cpu_info(tvm.target.Target(AVX2))).window == 8
+    assert nm.choose_layout(2, 4, cpu_info(tvm.target.Target(AARCH64))).permute is None
+
+
+def _run_nm(target: dict, m: int, weights: list[np.ndarray], pattern: tuple[int, int]) -> None:
+    """One build per shape serves every weight: the kernel depends on N, K and the pattern, not the values."""
+    target = tvm.target.Target(target)
+    cpu = cpu_info(target)
+    layout = nm.choose_layout(*pattern, cpu)
+    kernel = None
+    for weight in weights:
+        matrix = nm.to_nm(weight, *pattern, layout)
+        kernel = kernel or build_kernel(nm.nm_func(m, matrix, nm.choose_tiling(m, layout, cpu)), target)
+        x = np.random.default_rng(m).standard_normal((m, weight.shape[1])).astype(np.float32)
+        y = tvm.runtime.tensor(np.full((m, weight.shape[0]), np.nan, np.float32))
+        kernel(*(tvm.runtime.tensor(a) for a in (x, matrix.values, matrix.index)), y)
+        _assert_close(y.numpy(), x.astype(np.float64) @ weight.T.astype(np.float64))
+
+
+@needs_avx2
+@pytest.mark.parametrize("m", BATCHES)
+@pytest.mark.parametrize("pattern", [(2, 4), (1, 4), (2, 8), (3, 5)])
+def test_nm_kernel(m, pattern):
+    _run_nm(AVX2, m, list(_nm_cases(*pattern).values()), pattern)
+
+
+@needs_avx512
+@pytest.mark.parametrize("m", [1, 16, 64])
+@pytest.mark.parametrize("pattern", [(2, 4), (2, 8)])
+def test_nm_kernel_avx512(m, pattern):
+    _run_nm(AVX512, m, list(_nm_cases(*pattern).values()), pattern)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 host")
+@pytest.mark.parametrize("m", [1, 5])
+def test_nm_kernel_portable_form(m):
+    """Without a register permute (SSE2 here; NEON, ...) the lanes load x one by one."""
+    _run_nm(SSE2, m, [_nm_cases(2, 4)["nm"]], (2, 4))
+
+
 # --- Relax rewrite end to end ------------------------------------------------------------------
 
 
@@ -240,6 +370,68 @@ def test_rewrite_dynamic_batch_left_to_tvm():
     x = np.random.default_rng(2).standard_normal((5, 48)).astype(np.float32)
     out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), x)
     np.testing.assert_allclose(out, np.maximum(x @ w1.T + b1, 0) @ w2, rtol=1e-4, atol=1e-4)
+
+
+# --- 1x1 convolution ----------------------------------------------------------------------------
+
+
+def _conv_onnx(x_shape, w: np.ndarray, b: np.ndarray, **attrs) -> onnx.ModelProto:
+    """x -> Conv(w, b, **attrs) -> Relu, NCHW (ONNX's only layout); the output shape is left to inference."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x_shape[0], w.shape[0], None, None])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@needs_avx2
+@pytest.mark.parametrize(("x_shape", "sparsity"), [([2, 48, 5, 7], 0.9), ([1, 48, 6, 6], 0.0), ([3, 48, 1, 1], 0.9)])
+def test_rewrite_conv1x1_nchw_onnx(x_shape, sparsity):
+    rng = np.random.default_rng(11)
+    w2 = block_pruned(40, 48, (8, 1), sparsity, rng)
+    b = rng.standard_normal(40).astype(np.float32)
+    model = _conv_onnx(x_shape, w2.reshape(40, 48, 1, 1), b)
+    new_mod, records = rewrite_module(from_onnx(model, keep_params_in_input=False), tvm.target.Target(AVX2))
+    assert len(records) == 1 and records[0]["op"] == "conv1x1" and records[0]["shape"] == [40, 48]
+    assert records[0]["kernel"] == ("bsr" if sparsity else "dense")
+    assert records[0]["batch"] == x_shape[0] * x_shape[2] * x_shape[3]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), x)
+    ref = np.maximum(np.einsum("oc,bchw->bohw", w2, x) + b[None, :, None, None], 0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_avx2
+def test_rewrite_conv1x1_nhwc():
+    rng = np.random.default_rng(12)
+    w2 = nm.prune_nm(rng.standard_normal((24, 32)).astype(np.float32), 2, 4)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 5, 3, 32), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w2.reshape(24, 1, 1, 32)), data_layout="NHWC",
+                                           kernel_layout="OHWI"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    new_mod, records = rewrite_module(bb.get(), tvm.target.Target(AVX2))
+    assert [(r["op"], r["kernel"], r["block"], r["batch"]) for r in records] == [("conv1x1", "nm", [2, 4], 30)]
+    xv = rng.standard_normal((2, 5, 3, 32)).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), xv)
+    np.testing.assert_allclose(out, np.einsum("oc,bhwc->bhwo", w2, xv), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [{"strides": [2, 2]}, {"pads": [1, 1, 1, 1]}, {"kernel_shape": [3, 3]}])
+def test_rewrite_leaves_other_convs_alone(attrs):
+    rng = np.random.default_rng(13)
+    kh = attrs.get("kernel_shape", [1, 1])[0]
+    w = rng.standard_normal((8, 4, kh, kh)).astype(np.float32)
+    model = _conv_onnx([1, 4, 6, 6], w, np.zeros(8, np.float32), **attrs)
+    mod = from_onnx(model, keep_params_in_input=False)
+    new_mod, records = rewrite_module(mod, tvm.target.Target(AVX2))
+    assert records == [] and new_mod.same_as(mod)
 
 
 def test_rewrite_cuda_returns_module_unchanged():

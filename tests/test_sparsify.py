@@ -65,3 +65,18 @@ def test_matmul_layout_is_pruned_along_the_right_axis(tmp_path):
 def test_sparsity_out_of_range(small_model, tmp_path):
     with pytest.raises(HarnessError, match=r"outside \[0, 1\)"):
         make_variant("small", small_model[0], Method("unstructured"), 1.0, tmp_path)
+
+
+def test_nm_pruning_keeps_n_largest_per_group(small_model, tmp_path):
+    from harness.config import parse_method
+    from harness.sparsify.prune import prune_nm
+
+    w = np.array([[1, -5, 2, 3, 9, 0, -1, 8, 4, 1]], dtype=np.float32)  # K=10: groups of 4, last group of 2
+    assert np.array_equal(prune_nm(w, 2, 4), [[0, -5, 0, 3, 9, 0, 0, 8, 4, 1]])
+    method = parse_method("nm:2:4")
+    assert method.fixed_level == 0.5 and method.label == "nm:2:4"
+    with pytest.raises(HarnessError, match="0 < N < M"):
+        parse_method("nm:4:4")
+    v = make_variant("small", small_model[0], method, method.fixed_level, tmp_path, prune_last=True)
+    assert v.block_str == "2:4" and v.key == "small/nm-2of4/0.5"
+    assert all(abs(l.sparsity_actual - 0.5) < 1e-9 for l in v.layers)

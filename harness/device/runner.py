@@ -137,6 +137,21 @@ def _first_output(out):
     return out
 
 
+def _measure_energy(run_once, cfg: dict) -> dict:
+    """Energy per inference from the board's own sensor (``sensors.py``, shipped next to this file), or a dict
+    whose ``status`` says why it is unavailable. Never an estimate."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import sensors
+    except ImportError:
+        return {"status": "unavailable: sensors.py not shipped next to the runner"}
+    sensor, reason = sensors.detect(cfg.get("root", "/"), meter_command=cfg.get("meter_command"))
+    if sensor is None:
+        return sensors.unavailable(reason)
+    return sensors.measure_energy(run_once, backend=sensor, idle_s=cfg.get("idle_s", 2.0),
+                                  window_s=cfg.get("window_s", 3.0), rate_hz=cfg.get("rate_hz", 50.0))
+
+
 def run_job(job: dict, workdir: Path) -> dict:
     import numpy as np
 
@@ -180,6 +195,12 @@ def run_job(job: dict, workdir: Path) -> dict:
         samples_ns.append(clock() - t)
     measure_s = time.perf_counter() - start
 
+    # energy: its own phase after the latency loop (sampling must not disturb the latencies), only with a sensor
+    energy_cfg = job.get("energy") or {}
+    start = time.perf_counter()
+    energy = _measure_energy(lambda: (main(timing_input), dev.sync()), energy_cfg)
+    energy_s = time.perf_counter() - start
+
     outputs = []
     start = time.perf_counter()
     for chunk, real in as_batches(eval_x):
@@ -194,7 +215,8 @@ def run_job(job: dict, workdir: Path) -> dict:
         "threads": threads,
         "latencies_ns": samples_ns,
         "warmup_runs": warm_n,
-        "phases_s": {"load": load_s, "warmup": warmup_s, "measure": measure_s, "eval": eval_s},
+        "phases_s": {"load": load_s, "warmup": warmup_s, "measure": measure_s, "energy": energy_s, "eval": eval_s},
+        "energy": energy,
         "outputs": out_path.name,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_after_load_mb": rss_after_load_mb,

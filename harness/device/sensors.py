@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -322,13 +323,16 @@ class Tegrastats(PowerSensor):
             raise SensorUnavailable(f"{command[0]}: command not found")
         self._command = list(command)
         self._proc: Optional[subprocess.Popen] = None
+        self._stderr = None  # a file, not a pipe: an unread pipe that fills up would stall tegrastats
 
     def open(self, rate_hz: float) -> None:
         interval_ms = int(round(1000.0 / min(rate_hz, self.max_rate_hz)))
         argv = [*self._command, "--interval", str(interval_ms)]
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         try:
-            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
         except OSError as err:
+            self._stderr.close()
             raise SensorUnavailable(f"{argv[0]}: {err.strerror or err}") from None
         self.update_period_s = interval_ms / 1000.0
         self.detail = {"command": argv}
@@ -337,10 +341,12 @@ class Tegrastats(PowerSensor):
         line = self._proc.stdout.readline()
         arrived = time.perf_counter()
         if not line:
-            code = self._proc.poll()
-            why = f"exited with {code}: {self._proc.stderr.read().strip()[-200:]}" if code is not None else \
-                "closed its output"
-            raise SensorUnavailable(f"tegrastats {why}")
+            try:
+                code = self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                raise SensorUnavailable("tegrastats closed its output") from None
+            self._stderr.seek(0)
+            raise SensorUnavailable(f"tegrastats exited with {code}: {self._stderr.read().strip()[-200:]}")
         parsed = parse_tegrastats_line(line)
         if parsed["total_mw"] is None:
             raise SensorUnavailable("tegrastats prints no power rails on this board (e.g. Jetson Nano 2GB has none)")
@@ -358,7 +364,7 @@ class Tegrastats(PowerSensor):
             self._proc.kill()
             self._proc.wait()
         self._proc.stdout.close()
-        self._proc.stderr.close()
+        self._stderr.close()
         self._proc = None
 
 
@@ -675,7 +681,7 @@ class Sampler:
         while not self._stopping.is_set():
             try:
                 reading = self.sensor.read()
-            except Exception as err:  # noqa: BLE001 -- any failure ends sampling and becomes the result's status
+            except Exception as err:  # any failure ends sampling and becomes the result's status, not a crash
                 if not self._stopping.is_set():  # a stream that stop() closed ends in an error: not one
                     with self._cond:
                         self.error = str(err) if isinstance(err, SensorUnavailable) else \
@@ -745,13 +751,14 @@ def unavailable(reason: str) -> dict:
     return _empty_result(None, f"unavailable: {reason}", None)
 
 
-def _too_short(update_s: float, idle_s: float, window_s: float, how: str) -> Optional[str]:
-    need = MIN_UPDATES * update_s
+def _too_short(update_s: float, rate_hz: float, idle_s: float, window_s: float) -> Optional[str]:
+    """The verdict for windows too short for a sensor with a known update period, before measuring anything."""
+    need = max(MIN_UPDATES * update_s, (MIN_SAMPLES + 1) / rate_hz)  # + 1: a window's edges rarely hit a reading
     if min(idle_s, window_s) >= need:
         return None
     return (f"invalid: window too short for the sensor's update rate (idle_s={idle_s:g} s, window_s={window_s:g} s; "
-            f"the sensor updates every {update_s:.3g} s ({how}) and a window needs {MIN_UPDATES} updates: "
-            f"use idle_s and window_s >= {need:.3g} s)")
+            f"the sensor updates every {update_s:.3g} s and is read at {rate_hz:g} Hz; a window needs "
+            f"{MIN_UPDATES} updates and {MIN_SAMPLES} readings: use idle_s and window_s >= {need:.3g} s)")
 
 
 def _changes(values: np.ndarray) -> int:
@@ -792,7 +799,7 @@ def _measure(run_fn: Callable[[], object], sampler: Sampler, idle_s: float, wind
     sample_s = 1.0 / sampler.rate_hz
     declared = sensor.update_period_s
     if declared is not None:
-        verdict = _too_short(declared, idle_s, window_s, "declared")
+        verdict = _too_short(declared, sampler.rate_hz, idle_s, window_s)
         if verdict:
             return {"status": verdict}
 
@@ -812,7 +819,7 @@ def _measure(run_fn: Callable[[], object], sampler: Sampler, idle_s: float, wind
             return {"status": f"invalid: window too short for the sensor's update rate (the reading changed "
                               f"{changes} times in {idle_s:g} s of idle, so it updates {update}; a window needs "
                               f"{MIN_UPDATES} updates: lengthen idle_s and window_s)"}
-        update_s = float(np.ptp(t[inside])) / changes
+        update_s = float(t[inside][-1] - t[inside][0]) / changes
         settle_s = update_s + sample_s
     else:
         update_s = declared

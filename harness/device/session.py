@@ -45,6 +45,8 @@ def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, b
     steps = run.steps_s
     workdir = None
     try:
+        with _timed(steps, "connect"):
+            transport.connect()  # ~0 s when open; a connection dropped by an earlier job is reopened (and timed) here
         with _timed(steps, "prepare"):
             workdir = transport.make_workdir(label)
         with tempfile.TemporaryDirectory(prefix="sparsebench-job-") as tmp:
@@ -53,10 +55,13 @@ def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, b
             with _timed(steps, "upload"):
                 remote_lib = transport.put(artifact, workdir, "model.so")
                 remote_runner = transport.put(RUNNER_FILE, workdir, "runner.py")
+                transport.put(RUNNER_FILE.with_name("sensors.py"), workdir, "sensors.py")  # imported by the runner
                 remote_x = transport.put(tmp / "eval_x.npy", workdir)
                 job = {"artifact": remote_lib, "eval_x": remote_x, "batch": batch, "device": "cpu",
                        "warmup_runs": measure.warmup_runs, "warmup_s": measure.warmup_s,
-                       "min_runs": measure.min_runs, "min_s": measure.min_s, "max_runs": measure.max_runs}
+                       "min_runs": measure.min_runs, "min_s": measure.min_s, "max_runs": measure.max_runs,
+                       "energy": {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
+                                  "rate_hz": measure.energy_rate_hz, "root": measure.sensor_root}}
                 (tmp / "job.json").write_text(json.dumps(job))
                 remote_job = transport.put(tmp / "job.json", workdir)
             with _timed(steps, "run"):
@@ -84,5 +89,8 @@ def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, b
     finally:
         if workdir is not None and not keep:
             with _timed(steps, "clean"):
-                transport.remove(workdir)
+                try:
+                    transport.remove(workdir)
+                except TransportError as err:  # files left on the device: say so (the row is retried on resume)
+                    run.error = run.error or str(err)
     return run

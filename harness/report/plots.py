@@ -271,12 +271,35 @@ def plot_latency_distribution(group: Group, path: Path) -> Path | None:
 
 
 #: Per-group plots in display order.
+def plot_energy_vs_sparsity(group: Group, path: Path) -> Path | None:
+    """Energy per inference (mJ, from the board's own sensor) vs sparsity, dense as a line. No plot when no
+    row has a measured energy: an unavailable figure is never drawn as zero."""
+    series = _series(group, lambda r: as_float(r.get("energy_mj")))
+    if not series:
+        return None
+    fig, (ax,) = _figure()
+    colors = _colors(group)
+    for key, points in series.items():
+        _draw_series(ax, points, colors[key], series_label(key))
+    base = None if group.baseline is None else as_float(group.baseline.get("energy_mj"))
+    if base is not None:
+        ax.axhline(base, color=DENSE_COLOR, linestyle="--", linewidth=1, label=f"dense ({fmt.sig(base)} mJ)")
+    tops = [p.y for points in series.values() for p in points]
+    ax.set_ylim(0, 1.1 * max(tops + [base or 0.0]))
+    ax.set_ylabel("energy per inference (mJ, total board power)")
+    ax.set_title(f"Energy per inference vs sparsity\n{group.title}")
+    _sparsity_axis(ax)
+    _legend(ax, _any_invalid(series))
+    return _save(fig, path)
+
+
 PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("latency", "Latency p50 vs sparsity (bars up to p90; dashed: dense p50)", plot_latency_vs_sparsity),
     PlotSpec("speedup", "Speedup vs dense (dense p50 / p50) with the ideal 1/(1−s)", plot_speedup_vs_sparsity),
     PlotSpec("quality", "Accuracy, or agreement with dense, vs sparsity", plot_quality_vs_sparsity),
     PlotSpec("pareto", "Quality vs latency; Pareto front over VALID rows circled", plot_pareto),
     PlotSpec("distribution", "Per-iteration latency distribution", plot_latency_distribution),
+    PlotSpec("energy", "Energy per inference vs sparsity (board sensor; dashed: dense)", plot_energy_vs_sparsity),
 )
 
 

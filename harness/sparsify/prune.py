@@ -35,7 +35,7 @@ class Variant:
     """model + method + level + block shape, with the pruned ONNX on disk and what pruning reached."""
 
     model: str
-    method: str  # "dense", "unstructured" or "block"
+    method: str  # "dense", "unstructured", "block" or "nm"
     sparsity_target: float
     block: tuple[int, int] | None
     onnx_path: Path
@@ -44,14 +44,17 @@ class Variant:
 
     @property
     def block_str(self) -> str:
-        return f"{self.block[0]}x{self.block[1]}" if self.block else ""
+        """``16x1`` (block), ``2:4`` (N:M) or ``""``: the ``block`` CSV column."""
+        if not self.block:
+            return ""
+        return f"{self.block[0]}:{self.block[1]}" if self.method == "nm" else f"{self.block[0]}x{self.block[1]}"
 
     @property
     def key(self) -> str:
         """Stable name of the variant inside a run, e.g. ``digits-mlp/block-16x1/0.9``."""
         if self.method == "dense":
             return f"{self.model}/dense/0"
-        label = self.method if not self.block else f"block-{self.block_str}"
+        label = self.method if not self.block else f"{self.method}-{self.block_str.replace(':', 'of')}"
         return f"{self.model}/{label}/{self.sparsity_target:g}"
 
     @property
@@ -113,6 +116,21 @@ def prune_matrix(w: np.ndarray, sparsity: float, block: tuple[int, int] = (1, 1)
     return np.where(full, w, 0).astype(w.dtype)
 
 
+def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Keep the ``n`` largest-magnitude weights in every group of ``m`` consecutive inputs (along K) of ``w``
+    [N, K]; a last group shorter than ``m`` keeps at most ``n`` too."""
+    rows, k = w.shape
+    groups = -(-k // m)
+    padded = np.zeros((rows, groups * m), dtype=w.dtype)
+    padded[:, :k] = w
+    grouped = np.abs(padded.reshape(rows, groups, m))
+    # rank inside each group; stable so ties keep the earlier input
+    order = np.argsort(-grouped, axis=2, kind="stable")
+    keep = np.zeros_like(grouped, dtype=bool)
+    np.put_along_axis(keep, order[:, :, :n], True, axis=2)
+    return np.where(keep.reshape(rows, groups * m)[:, :k], w, 0).astype(w.dtype)
+
+
 def make_variant(model_name: str, onnx_path: Path, method: Method | None, level: float, out_dir: Path, *,
                  prune_first: bool = True, prune_last: bool = False) -> Variant:
     """Write the pruned ONNX model for (method, level) into ``out_dir`` (cached by content) and describe it.
@@ -134,7 +152,10 @@ def make_variant(model_name: str, onnx_path: Path, method: Method | None, level:
         skip = (index == 0 and not prune_first) or (index == len(layers) - 1 and not prune_last)
         do_prune = not dense and not skip
         if do_prune:
-            view = prune_matrix(view, level, method.block if method.name == "block" else (1, 1))
+            if method.name == "nm":
+                view = prune_nm(view, *method.block)
+            else:
+                view = prune_matrix(view, level, method.block if method.name == "block" else (1, 1))
             inits[init_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(back(view)), init_name))
         records.append(LayerSparsity(
             layer=node.name or init_name,
@@ -155,7 +176,7 @@ def make_variant(model_name: str, onnx_path: Path, method: Method | None, level:
         model=model_name,
         method="dense" if dense else method.name,
         sparsity_target=0.0 if dense else level,
-        block=None if dense or method.name != "block" else tuple(method.block),
+        block=None if dense or method.name == "unstructured" else tuple(method.block),
         onnx_path=path,
         sha256=sha,
         layers=tuple(records),

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS results (
     latency_p50_ms REAL, latency_p90_ms REAL, latency_p99_ms REAL, latency_mean_ms REAL, latency_std_ms REAL,
     latency_min_ms REAL, latency_max_ms REAL, latency_cv REAL, n_iter INTEGER, warmup_runs INTEGER,
     accuracy REAL, top1_agreement REAL, max_abs_err REAL, ref_max_abs_err REAL,
-    energy_mj REAL, energy_status TEXT,
+    energy_mj REAL, energy_status TEXT,  -- energy per inference (mJ, total) and "ok" / "unavailable: why" / ...
+    energy_json TEXT,                 -- the full energy record: method, rails, idle/active W, samples, calibration
     artifact_key TEXT, artifact_bytes INTEGER, compile_s REAL, peak_rss_mb REAL,
     verdict TEXT NOT NULL,            -- VALID | INVALID | ERROR
     reasons_json TEXT NOT NULL,
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS outputs (
 #: schema version -> SQL that upgrades a store from that version to the next. Empty until version 2 exists.
 MIGRATIONS: dict[int, str] = {}
 
-_JSON_FIELDS = ("reasons", "layers", "device_meta", "overhead")
+_JSON_FIELDS = ("reasons", "layers", "device_meta", "overhead", "energy")
 
 
 def new_run_id() -> str:

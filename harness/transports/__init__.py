@@ -20,7 +20,8 @@ def make_transport(name: str, **options) -> Transport:
     if name not in TRANSPORTS:
         if name and name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             return SSHTransport(name, require_alias=True, **options)  # refused with the known forms if no alias
-        raise HarnessError(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}")
+        hint = f"; did you mean ssh://{name}?" if "@" in name or ":" in name else ""
+        raise HarnessError(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}{hint}")
     if name == "ssh" and "host" not in options:
         raise HarnessError("the ssh transport needs a device: --device ssh://USER@HOST[:PORT] or a Host alias")
     return TRANSPORTS[name](**options)

@@ -528,6 +528,9 @@ class SSHTransport(Transport):
                 select.select([chan], [], [], 0.2)
             code = chan.recv_exit_status()
             chan.close()
+            # no exit status and no end-of-output from the server: the connection died under the command
+            if code == -1 and not chan.eof_received:
+                raise EOFError("the connection closed before the command ended")
         return CommandResult(argv, code, _strip_pid(out), err.decode(errors="replace"), time.perf_counter() - start)
 
     def _stop(self, pid: bytes) -> None:

@@ -1,0 +1,81 @@
+"""Before a sweep: can the device's Python run the runner (numpy + the TVM runtime)? One check, one clear error.
+
+Without it, a board missing the TVM runtime would produce one identical ERROR row per variant. The fix commands
+live here so that ``sparsebench doctor`` gives the same advice.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..transports import Transport, TransportError
+
+TVM_PIN = "apache-tvm==0.27.0.post1"
+VENV = "~/sb-venv"
+#: the install that works on Raspberry Pi OS, JetPack 6/7 and Debian-like systems (PEP 668 blocks system pip)
+VENV_INSTALL = f"python3 -m venv {VENV} && {VENV}/bin/pip install numpy {TVM_PIN}"
+
+# Runs on the device with TVM_USE_RUNTIME_LIB=1: the same imports the runner makes, nothing else.
+PROBE = """
+import json, platform, sys
+r = {"python": platform.python_version(), "executable": sys.executable}
+for name in ("numpy", "tvm"):
+    try:
+        r[name] = __import__(name).__version__
+    except Exception as err:
+        r[name + "_error"] = type(err).__name__ + ": " + str(err)
+print(json.dumps(r))
+"""
+
+
+def install_hint(python: str) -> str:
+    """How to get numpy and the TVM runtime for ``python`` on the device."""
+    return (f"install them in a venv on the device: {VENV_INSTALL}, then run with --python {VENV}/bin/python "
+            f"(or set [device].python in the target profile); `sparsebench doctor` checks the rest")
+
+
+def check_runtime(transport: Transport, python: str, *, host_tvm: str | None = None) -> dict:
+    """Run :data:`PROBE` with ``python`` on the device; raise TransportError("prepare", ...) naming the device and
+    the fix when it cannot import numpy or the TVM runtime. Returns the probe's report."""
+    python = python or transport.default_python()
+    where = f"device {transport.device}"
+    res = transport.run([python, "-c", PROBE], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
+    if res.timed_out:
+        raise TransportError("prepare", f"{where}: {python} did not finish `import numpy, tvm` within 120 s", res)
+    report = None
+    for line in reversed(res.stdout.strip().splitlines()):
+        try:
+            report = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if report is None:
+        if res.exit_code == 127 or "not found" in res.stderr or "No such file" in res.stderr:
+            raise TransportError("prepare", f"{where}: no Python at {python!r} ({res.tail(2)}); "
+                                            f"{install_hint(python)}", res)
+        raise TransportError("prepare", f"{where}: {python} failed to start (exit {res.exit_code}: {res.tail(2)})",
+                             res)
+    missing = [f"{name} ({report[name + '_error']})" for name in ("numpy", "tvm") if name + "_error" in report]
+    if missing:
+        raise TransportError("prepare", f"{where}: the remote Python {python} (Python {report['python']}) cannot "
+                                        f"import {' and '.join(missing)}, which the runner needs: "
+                                        f"{install_hint(python)}", res)
+    if host_tvm and _minor(report["tvm"]) != _minor(host_tvm):
+        raise TransportError("prepare", f"{where}: the device's TVM runtime is {report['tvm']} but this host "
+                                        f"compiles with TVM {host_tvm}; artifacts need the same release: "
+                                        f"{python} -m pip install apache-tvm=={host_tvm}", res)
+    return report
+
+
+def host_tvm_version() -> str | None:
+    """The TVM release compiling on this host (the device's runtime must be the same release)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("apache-tvm")
+    except PackageNotFoundError:
+        return None
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
