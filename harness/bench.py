@@ -10,7 +10,6 @@ import hashlib
 import platform
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -126,7 +125,7 @@ class Benchmark:
         self.python = self.device_spec.python_for(self.profile)
         # Kernels are timed where they will run: here only when this machine is the device.
         self.choose = "measure" if self.device_spec.transport_name(self.profile) == "local" else "rule"
-        self._reference: dict[str, np.ndarray] = {}
+        self._reference: dict[str, tuple[np.ndarray | None, str]] = {}
 
     def start(self, resume: str | None) -> str:
         """Create the run (or check the one to resume) and return its id."""
@@ -209,12 +208,14 @@ class Benchmark:
 
         result = dev.result
         stats = latency_stats(result["latencies_ns"])
-        dense = None if job.variant.method == "dense" else self.store.outputs(run_id, job.dense_key, self.device)
-        if job.variant.method == "dense":
-            dense = dev.outputs
-        reference = self.reference(job)
+        # sparse rows compare with the dense row of the same run, even one measured before a --resume
+        dense = dev.outputs if job.variant.method == "dense" else \
+            self.store.outputs(run_id, job.dense_key, self.device)
+        reference, why_none = self.reference(job)
         quality = quality_figures(dev.outputs, labels=job.model.eval_y, dense=dense, reference=reference)
         status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, max_cv=m.max_cv, ref_rtol=m.ref_rtol)
+        if why_none:
+            reasons.append(f"reference evaluation failed: {why_none}")
         row.update(
             latency_p50_ms=stats.p50_ms, latency_p90_ms=stats.p90_ms, latency_p99_ms=stats.p99_ms,
             latency_mean_ms=stats.mean_ms, latency_std_ms=stats.std_ms, latency_min_ms=stats.min_ms,
@@ -229,17 +230,18 @@ class Benchmark:
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row
 
-    def reference(self, job: Job) -> np.ndarray | None:
-        """Reference outputs of the variant's own ONNX (pruned weights, dense math), cached per variant."""
+    def reference(self, job: Job) -> tuple[np.ndarray | None, str]:
+        """(reference outputs of the variant's own ONNX -- pruned weights, dense math -- or None, why none).
+        Cached per variant; a failure makes the row INVALID with the reason, never a silent pass."""
         from .models.reference import reference_outputs
 
         sha = job.variant.sha256
         if sha not in self._reference:
             try:
-                self._reference[sha], _ = reference_outputs(job.variant.onnx_path, job.model.input_name,
-                                                            job.model.eval_x)
-            except Exception:  # the verdict then says "no reference outputs" rather than inventing one
-                self._reference[sha] = None
+                outputs, _ = reference_outputs(job.variant.onnx_path, job.model.input_name, job.model.eval_x)
+                self._reference[sha] = (outputs, "")
+            except Exception as err:  # any evaluator failure: reported in the row's reasons
+                self._reference[sha] = (None, f"{type(err).__name__}: {err}"[:500])
         return self._reference[sha]
 
 

@@ -122,7 +122,7 @@ class Plan:
 
 FULL = Plan()
 #: --quick: the sparsities the issue's numbers are stated at, fewer and shorter repeats.
-QUICK = replace(FULL, sparsities=(0.5, 0.9), max_runs=60, budget_s=0.05, warmup=3, settle_s=0.03)
+QUICK = replace(FULL, sparsities=(0.5, 0.9), max_runs=100, budget_s=0.1, warmup=3, settle_s=0.03)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import bsr
 from .cpu import CpuInfo
+from .cuda import GpuInfo
 from .kernels import Candidate, candidates, label, make_kernel, nm_pattern
 
 #: The rule takes an N:M kernel only if the weight fills at least this fraction of its n slots per group.
@@ -36,10 +37,11 @@ def rule_chooser(sparse_min: float = 0.5) -> Chooser:
     kernel beats dense at 50 % zeros where CSR's indices cost more than they save.
     """
 
-    def choose(weight: np.ndarray, m: int, cpu: CpuInfo) -> tuple[Candidate, dict]:
+    def choose(weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo) -> tuple[Candidate, dict]:
         density = bsr.density(weight)
         block = bsr.choose_block(weight) if density < 1.0 else None
-        pattern = nm_pattern(weight) if block == (1, 1) else None
+        # (no N:M kernel on CUDA: such a weight takes the BSR/dense rule there)
+        pattern = nm_pattern(weight) if block == (1, 1) and not isinstance(cpu, GpuInfo) else None
         if pattern is not None and density >= NM_MIN_FILL * pattern[0] / pattern[1]:
             return ("nm", pattern), {"choice": "rule", "rule": f"{pattern[0]}:{pattern[1]} structured"}
         if 1.0 - density >= sparse_min:
@@ -100,7 +102,9 @@ class MeasuredChooser:
         timer = lib.jit().time_evaluator(impl.name, dev, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
         return float(np.median(timer(*args).results)) * 1e6
 
-    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo) -> tuple[Candidate, dict]:
+    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo) -> tuple[Candidate, dict]:
+        if isinstance(cpu, GpuInfo):  # the timing harness here runs CPU kernels only
+            return rule_chooser()(weight, m, cpu)
         key = self._key(weight, m)
         timings = self._table.get(key)
         cached = timings is not None

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bsr, dense, nm, sell
+from . import bsr, cuda, dense, nm, sell
 from .cpu import NO_EPILOGUE, CpuInfo, Epilogue
+from .cuda import GpuInfo
 
 Candidate = tuple[str, "tuple[int, int] | None"]
 
@@ -70,15 +71,18 @@ def nm_pattern(weight: np.ndarray) -> tuple[int, int] | None:
     return next((p for p in NM_PATTERNS if nm.satisfies_nm(weight, *p)), None)
 
 
-def make_kernel(candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo,
+def make_kernel(candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo,
                 ep: Epilogue = NO_EPILOGUE) -> KernelImpl:
     """The PrimFunc and constants computing ``x[m, K] · weightᵀ`` with ``candidate``, then `ep` (bias, ReLU).
 
-    With ``ep.bias`` the kernel takes the bias [N] as one more argument after ``consts`` (the
-    caller passes it; it is not among ``consts``).
+    `cpu` describes the target: a `CpuInfo` (LLVM CPU kernels) or a `cuda.GpuInfo` (CUDA
+    kernels: dense and BSR only). With ``ep.bias`` the kernel takes the bias [N] as one more
+    argument after ``consts`` (the caller passes it; it is not among ``consts``).
     """
     kind, block = candidate
     n, k = weight.shape
+    if isinstance(cpu, GpuInfo):
+        return _make_cuda_kernel(candidate, weight, m, ep)
     if kind == "dense":
         tiling = dense.choose_tiling(m, cpu)
         packed = dense.pack_weight(weight, tiling.vn)
@@ -101,6 +105,21 @@ def make_kernel(candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo,
         return KernelImpl("nm", tuple(block), func, (matrix.values, matrix.index), int(matrix.values.size),
                           int(matrix.nbytes), f"nm_{n}x{k}_{block[0]}of{block[1]}{ep.suffix}")
     raise ValueError(f"unknown kernel kind {kind!r}; known: dense, bsr, nm")
+
+
+def _make_cuda_kernel(candidate: Candidate, weight: np.ndarray, m: int, ep: Epilogue) -> KernelImpl:
+    kind, block = candidate
+    n, k = weight.shape
+    if kind == "dense":
+        packed = cuda.pack_dense(weight)
+        return KernelImpl("dense", None, cuda.dense_func(m, n, k, ep), (packed,), 0, int(packed.nbytes),
+                          f"cuda_dense_{m}x{n}x{k}{ep.suffix}")
+    if kind == "bsr":
+        matrix = bsr.to_bsr(weight, block)
+        return KernelImpl("bsr", tuple(block), cuda.bsr_func(m, matrix, ep), (matrix.data, matrix.indices,
+                          matrix.indptr), matrix.nnz_blocks, int(matrix.nbytes),
+                          f"cuda_bsr_{n}x{k}_b{block[0]}x{block[1]}{ep.suffix}")
+    raise ValueError(f"kernel kind {kind!r} has no CUDA kernel; known on CUDA: dense, bsr")
 
 
 def label(candidate: Candidate) -> str:

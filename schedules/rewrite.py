@@ -8,24 +8,27 @@ Forms matched (as `relax.frontend.onnx.from_onnx` and torch.export emit them, fp
   (see `schedules.conv`: NHWC is a reshape, NCHW transposes each image around the kernel).
 
 x may be [M, K] or [..., K]; leading dimensions are flattened into the batch around the kernel.
-A following bias ``add`` is left to Relax. The weight is replaced by its packed (dense) or
+For a 2-D matmul whose output feeds only ``add(y, b)`` with a constant b of shape [N] or [1, N],
+and then possibly only ``nn.relu``, the bias and ReLU move into the kernel's final store (the
+record's ``epilogue`` says so). The weight is replaced by its packed (dense) or
 compressed (BSR, N:M) arrays as Relax constants, so the exported library stores only those.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from . import bsr, conv
+from . import bsr, conv, cuda
 from .choose import Chooser, rule_chooser
-from .cpu import cpu_info, is_llvm_cpu
-from .kernels import make_kernel
+from .cpu import NO_EPILOGUE, CpuInfo, Epilogue, cpu_info, is_llvm_cpu
+from .kernels import Candidate, make_kernel
 
 Kernel = Literal["dense", "bsr", "nm", "default"]
 
@@ -53,6 +56,7 @@ class LayerRecord:
         rule: for "rule", the rule that decided.
         op: the layer's operator: "matmul" (ONNX Gemm / MatMul, torch linear) or "conv1x1"
             (a 1x1 conv2d; shape is then [O, I] and batch is B*H*W, the matmul it became).
+        epilogue: what was fused into the kernel's store: "bias", "relu", "bias+relu" or None.
     """
 
     layer: int
@@ -67,6 +71,7 @@ class LayerRecord:
     alternatives_us: dict | None = None
     rule: str | None = None
     op: str = "matmul"
+    epilogue: str | None = None
 
     def to_dict(self) -> dict:
         """Plain, JSON-ready dict with the record's fields."""
@@ -85,8 +90,9 @@ def rewrite_module(
     `chooser` picks each layer's kernel (see `schedules.choose`: `MeasuredChooser` times the
     candidates on this machine). Without one, `rule_chooser(sparse_min)` decides: an N:M weight
     gets the N:M kernel, a weight whose fraction of zeros is >= `sparse_min` a BSR kernel with
-    the block shape from `bsr.choose_block`, any other the packed dense kernel. For targets that are not LLVM CPUs (e.g. CUDA) the module is returned
-    unchanged, with "default" records.
+    the block shape from `bsr.choose_block`, any other the packed dense kernel. CUDA targets get
+    our CUDA dense and BSR kernels (`schedules.cuda`; 1x1 convs stay with TVM there); for any
+    other target the module is returned unchanged, with "default" records.
 
     Returns:
         (new module, one `LayerRecord.to_dict()` per constant-weight matmul or 1x1 conv, in
@@ -95,12 +101,14 @@ def rewrite_module(
     rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min))
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
+            rewriter.uses = _use_counts(func)
             new_func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
             rewriter.builder_.update_func(gvar, new_func)
     records = [record.to_dict() for record in rewriter.records]
     if not rewriter.rewrites:
         return mod, records
-    return rewriter.builder_.get(), records
+    # a kernel re-emitted with a fused epilogue leaves its first PrimFunc unreferenced
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get()), records
 
 
 def _fp32_static_shape(ty: relax.Type) -> list[int] | None:
@@ -113,25 +121,102 @@ def _fp32_static_shape(ty: relax.Type) -> list[int] | None:
     return None if None in dims else dims
 
 
+def _use_counts(func: relax.Function) -> Counter:
+    """How many times each variable of `func` is read (a kernel output read once can absorb its consumer)."""
+    counts: Counter = Counter()
+
+    @relax.expr_functor.visitor
+    class _Uses(relax.PyExprVisitor):
+        def visit_var_(self, var):
+            counts[var] += 1
+
+        def visit_dataflow_var_(self, var):
+            counts[var] += 1
+
+    _Uses().visit_expr(func)
+    return counts
+
+
+@dataclass(frozen=True)
+class _Emitted:
+    """A kernel call the rewrite emitted for a 2-D matmul: enough to re-emit it with a wider epilogue."""
+
+    candidate: Candidate
+    weight: np.ndarray
+    m: int
+    x: relax.Expr
+    record: int
+    ep: Epilogue
+    bias: np.ndarray | None
+
+
 @relax.expr_functor.mutator
 class _MatmulRewriter(relax.PyExprMutator):
     """Rewrites matched matmuls in place; collects LayerRecords and the kernels it added."""
 
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, chooser: Chooser):
         super().__init__(mod)
-        self.cpu = cpu_info(target) if is_llvm_cpu(target) else None
+        # what make_kernel needs about the target: CpuInfo (LLVM CPU), GpuInfo (CUDA) or None (left to TVM)
+        self.cpu = cpu_info(target) if is_llvm_cpu(target) else cuda.gpu_info(target) if cuda.is_cuda(target) else None
         self.chooser = chooser
         self.records: list[LayerRecord] = []
         self.rewrites = 0
         self.shared_kernels: dict[str, relax.GlobalVar] = {}  # dense and transpose kernels, by name
+        self.uses: Counter = Counter()
+        # 2-D kernel calls that may absorb a following bias add / ReLU, by the weight constant they pass
+        self.emitted: dict[relax.Constant, _Emitted] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul":
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if name == "relax.matmul":
             return self._rewrite_matmul(call)
-        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d":
+        if name == "relax.nn.conv2d":
             return self._rewrite_conv(call)
+        if name == "relax.add":
+            return self._fuse(call, "bias")
+        if name == "relax.nn.relu":
+            return self._fuse(call, "relu")
         return call
+
+    def _kernel_output(self, arg: relax.Expr) -> _Emitted | None:
+        """The emitted kernel behind `arg` if `arg` is a variable read only here, bound to one of our 2-D calls."""
+        if not isinstance(arg, relax.Var) or self.uses[arg] != 1:
+            return None
+        bound = self.lookup_binding(arg)
+        if not (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.call_tir")):
+            return None
+        fields = bound.args[1].fields if isinstance(bound.args[1], relax.Tuple) else []
+        weight_const = fields[1] if len(fields) > 1 else None
+        return self.emitted.get(weight_const)
+
+    def _fuse(self, call: relax.Call, what: str) -> relax.Expr:
+        """Re-emit the kernel that feeds `call` (add of a constant bias, or relu) with that step in its epilogue."""
+        if what == "relu":
+            emitted = self._kernel_output(call.args[0])
+            if emitted is None or emitted.ep.relu:
+                return call
+            return self._reemit(emitted, replace(emitted.ep, relu=True), emitted.bias)
+        for out, other in (call.args, call.args[::-1]):
+            emitted = self._kernel_output(out)
+            if emitted is None or emitted.ep.bias or emitted.ep.relu:
+                continue
+            if not (isinstance(other, tvm.ir.GenericConst) and isinstance(other.ty, relax.TensorType)):
+                continue
+            bias = other.value.numpy()
+            n = emitted.weight.shape[0]
+            if bias.dtype != np.float32 or bias.shape not in ((n,), (1, n)):
+                continue
+            return self._reemit(emitted, replace(emitted.ep, bias=True), np.ascontiguousarray(bias.reshape(n)))
+        return call
+
+    def _reemit(self, emitted: _Emitted, ep: Epilogue, bias: np.ndarray | None) -> relax.Expr:
+        """The kernel call of `emitted` again, with epilogue `ep` (its old call becomes dead and is removed)."""
+        out = self._kernel_call(emitted.x, emitted.m, emitted.weight, None, candidate=emitted.candidate, ep=ep,
+                                bias=bias, record=emitted.record)
+        parts = [part for part, on in (("bias", ep.bias), ("relu", ep.relu)) if on]
+        self.records[emitted.record] = replace(self.records[emitted.record], epilogue="+".join(parts))
+        return out
 
     def _served(self, weight: np.ndarray, x_shape: list[int] | None, call: relax.Call) -> bool:
         """Whether our kernels can take this layer: CPU target, static fp32 shapes, fp32 weight."""
@@ -170,7 +255,8 @@ class _MatmulRewriter(relax.PyExprMutator):
         if weight is None:
             return call
         x_shape = _fp32_static_shape(call.args[0].ty)
-        if x_shape is None or len(x_shape) != 4 or not self._served(weight, x_shape, call):
+        on_cpu = isinstance(self.cpu, CpuInfo)  # the NCHW transposes are CPU kernels
+        if x_shape is None or len(x_shape) != 4 or not on_cpu or not self._served(weight, x_shape, call):
             self._record(weight, None, "default", None, 0, arg.value.numpy().nbytes, op="conv1x1")
             return call
         self.rewrites += 1
@@ -221,11 +307,19 @@ class _MatmulRewriter(relax.PyExprMutator):
             return None
         return np.ascontiguousarray(value if transposed else value.T)
 
-    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str) -> relax.Expr:
-        """call_tir of the chosen kernel on x [M, K] -> [M, N]; records the layer."""
+    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str | None, *,
+                     candidate: Candidate | None = None, ep: Epilogue = NO_EPILOGUE, bias: np.ndarray | None = None,
+                     record: int | None = None) -> relax.Expr:
+        """call_tir of the chosen kernel on x [M, K] -> [M, N]; records the layer.
+
+        Re-emitting a layer with a wider epilogue passes its `candidate` and `record` index: the
+        choice is not made (or timed) again and no second record is written.
+        """
         n, k = weight.shape
-        candidate, info = self.chooser(weight, m, self.cpu)
-        impl = make_kernel(candidate, weight, m, self.cpu)
+        info = {}
+        if candidate is None:
+            candidate, info = self.chooser(weight, m, self.cpu)
+        impl = make_kernel(candidate, weight, m, self.cpu, ep)
         # one PrimFunc per distinct dense kernel (the weight is an argument); sparse kernels are
         # specialised to their number of stored blocks, so each layer gets its own
         gvar = self.shared_kernels.get(impl.name) if impl.kind == "dense" else None
@@ -233,9 +327,13 @@ class _MatmulRewriter(relax.PyExprMutator):
             gvar = self.builder_.add_func(impl.func, impl.name)
             if impl.kind == "dense":
                 self.shared_kernels[impl.name] = gvar
-        args = [x] + [relax.const(a) for a in impl.consts]
-        self._record(weight, m, impl.kind, list(impl.block) if impl.block else None, impl.nnz_blocks,
-                     impl.weight_bytes, op=op, **info)
+        args = [x] + [relax.const(a) for a in impl.consts] + ([relax.const(bias)] if ep.bias else [])
+        if record is None:
+            record = len(self.records)
+            self._record(weight, m, impl.kind, list(impl.block) if impl.block else None, impl.nnz_blocks,
+                         impl.weight_bytes, op=op, **info)
+        if op != "conv1x1":  # conv outputs are reshaped or transposed: nothing reads them directly
+            self.emitted[args[1]] = _Emitted(candidate, weight, m, x, record, ep, bias)
         return relax.call_tir(gvar, args, out_ty=relax.TensorType((m, n), "float32"))
 
     def _record(self, weight, batch, kernel, block, nnz_blocks, weight_bytes, *, op="matmul", choice="none",

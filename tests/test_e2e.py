@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from conftest import ROOT, sparsebench, write_config
 from harness.report import CSV_COLUMNS
@@ -97,7 +96,6 @@ def test_bad_sparsity_unknown_target_unwritable_out(tmp_path, small_model):
 
 
 def test_unsupported_operator_is_named(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("FancyOp", ["x"], ["y"], domain="")

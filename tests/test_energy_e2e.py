@@ -14,16 +14,13 @@ import re
 import sqlite3
 import stat
 import sys
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from conftest import sparsebench, write_config
 from harness.device import sensors
-from test_energy import FIXTURES, battery_tree, hwmon_tree, pmic_text, put
+from test_energy import FIXTURES, battery_tree, hwmon_tree, pmic_text, put, rewriting
 
 POWER_W = 7.5
 RIPPLE = 0.02
@@ -33,27 +30,7 @@ def _power(t: float) -> float:
     return POWER_W * (1 + RIPPLE * math.sin(2 * math.pi * 3.0 * t))
 
 
-@contextmanager
-def _rewriting(update, period_s=0.002):
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            update(time.time())
-            stop.wait(period_s)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _run(tmp_path: Path, root: Path, env_path: str | None = None) -> list[dict]:
-    from test_e2e import ROOT  # noqa: F401  (conftest fixtures are shared)
-
     model, eval_set = _small(tmp_path)
     db, out = tmp_path / "r.db", tmp_path / "report"
     cfg = write_config(tmp_path / "c.toml", model=model, eval_set=eval_set, db=db, levels=(0, 0.9),
@@ -99,7 +76,7 @@ def test_fake_jetson_energy_through_the_pipeline(tmp_path):
     def update(now):  # VDD_IN at 5 V: I = P / V
         put(folder / "curr1_input", int(round(_power(now) / 5.0 * 1000)))  # sysfs: integer mA
 
-    with _rewriting(update):
+    with rewriting(update, period_s=0.002):
         records = _run(tmp_path, root)
     assert records[0]["method"] and records[0]["total_rail"] == "VDD_IN"
 
@@ -135,7 +112,7 @@ def test_fake_android_energy_through_the_pipeline(tmp_path):
     def update(now):  # µA, negative while discharging, at 4.0 V
         put(folder / "current_now", int(-_power(now) / 4.0 * 1e6))
 
-    with _rewriting(update):
+    with rewriting(update, period_s=0.002):
         records = _run(tmp_path, root)
     assert "µA" in json.dumps(records[0]["sensor_detail"], ensure_ascii=False) or records[0]["sensor_detail"]
 

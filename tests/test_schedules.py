@@ -331,6 +331,7 @@ def test_rewrite_mlp_end_to_end(prune):
 
     sparse_layer = 0 if prune == "gemm" else 1
     assert [r["kernel"] for r in records] == ["bsr" if i == sparse_layer else "dense" for i in (0, 1)]
+    assert [r["epilogue"] for r in records] == ["bias+relu", None]  # Gemm's bias and the Relu moved into layer 0
     sparse = records[sparse_layer]
     assert sparse["block"] == [8, 1] and sparse["batch"] == 16
     assert sparse["shape"] == ([64, 48] if prune == "gemm" else [40, 64])
@@ -370,6 +371,54 @@ def test_rewrite_dynamic_batch_left_to_tvm():
     x = np.random.default_rng(2).standard_normal((5, 48)).astype(np.float32)
     out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), x)
     np.testing.assert_allclose(out, np.maximum(x @ w1.T + b1, 0) @ w2, rtol=1e-4, atol=1e-4)
+
+
+# --- fused bias + ReLU --------------------------------------------------------------------------
+
+
+@needs_avx2
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize(
+    "candidate", [("dense", None), ("bsr", (8, 1)), ("bsr", (1, 1)), ("bsr", (2, 2)), ("nm", (2, 4))]
+)
+def test_kernel_epilogue_bias_relu(candidate, m):
+    from schedules.cpu import Epilogue
+    from schedules.kernels import make_kernel
+
+    rng = np.random.default_rng(31)
+    weight = nm.prune_nm(block_pruned(37, 40, (8, 1), 0.5, rng), 2, 4) if candidate[0] == "nm" else block_pruned(
+        37, 40, candidate[1] or (1, 1), 0.7, rng)
+    bias = rng.standard_normal(37).astype(np.float32)
+    x = rng.standard_normal((m, 40)).astype(np.float32)
+    target = tvm.target.Target(AVX2)
+    for ep in (Epilogue(bias=True), Epilogue(relu=True), Epilogue(bias=True, relu=True)):
+        impl = make_kernel(candidate, weight, m, cpu_info(target), ep)
+        kernel = build_kernel(impl.func, target)
+        y = tvm.runtime.tensor(np.full((m, 37), np.nan, np.float32))
+        kernel(*(tvm.runtime.tensor(a) for a in (x, *impl.consts, *([bias] if ep.bias else []))), y)
+        ref = x.astype(np.float64) @ weight.T.astype(np.float64) + (bias if ep.bias else 0)
+        _assert_close(y.numpy(), np.maximum(ref, 0) if ep.relu else ref)
+
+
+@needs_avx2
+def test_rewrite_does_not_fuse_into_a_shared_output():
+    """matmul output read twice (by the bias add and again later): the bias stays a separate add."""
+    rng = np.random.default_rng(32)
+    w = rng.standard_normal((24, 16)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.op.permute_dims(relax.const(w))))
+            z = bb.emit(relax.op.add(y, relax.const(b)))
+            out = bb.emit_output(relax.op.add(z, y))
+        bb.emit_func_output(out)
+    new_mod, records = rewrite_module(bb.get(), tvm.target.Target(AVX2))
+    assert records[0]["kernel"] == "dense" and records[0]["epilogue"] is None
+    xv = rng.standard_normal((4, 16)).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), xv)
+    np.testing.assert_allclose(out, 2 * (xv @ w.T) + b, rtol=1e-5, atol=1e-5)
 
 
 # --- 1x1 convolution ----------------------------------------------------------------------------
@@ -434,13 +483,32 @@ def test_rewrite_leaves_other_convs_alone(attrs):
     assert records == [] and new_mod.same_as(mod)
 
 
-def test_rewrite_cuda_returns_module_unchanged():
+def test_rewrite_other_gpu_targets_return_module_unchanged():
     w1, b1, w2 = _mlp_weights("gemm")
     mod = from_onnx(_mlp([4, 48], w1, b1, w2), keep_params_in_input=False)
-    new_mod, records = rewrite_module(mod, tvm.target.Target({"kind": "cuda", "arch": "sm_87"}))
+    new_mod, records = rewrite_module(mod, tvm.target.Target({"kind": "opencl"}))
     assert new_mod.same_as(mod)
     assert [r["kernel"] for r in records] == ["default", "default"]
     assert records[0]["weight_bytes"] == w1.nbytes and records[0]["block"] is None
+
+
+JETSON_GPU = {"kind": "cuda", "arch": "sm_87", "host": AARCH64}
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_cuda_kernels_compile_for_jetson(batch, tmp_path):
+    """CUDA dense and BSR kernels (threads bound over rows and blocks) build for sm_87 with no GPU here."""
+    w1, b1, w2 = _mlp_weights("gemm")
+    mod = from_onnx(_mlp([batch, 48], w1, b1, w2), keep_params_in_input=False)
+    target = tvm.target.Target(JETSON_GPU)
+    new_mod, records = rewrite_module(mod, target)
+    assert [(r["kernel"], r["block"], r["epilogue"]) for r in records] == [("bsr", [8, 1], "bias+relu"),
+                                                                           ("dense", None, None)]
+    ex = tvm.compile(new_mod, target=target)
+    cuda_source = next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
+    assert "cuda_bsr_64x48_b8x1_bias_relu_kernel" in cuda_source and "blockIdx.x" in cuda_source
+    assert "cuda_dense_" in cuda_source and "threadIdx.y" in cuda_source
+    ex.export_library(str(tmp_path / "mlp_cuda.tar"))
 
 
 @needs_avx2

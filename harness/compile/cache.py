@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import ROOT, cache_dir
@@ -26,6 +26,7 @@ class BuildRequest:
     target: dict  # TVM target dict
     kernels: str = "ours"  # "ours": schedules/ rewrite; "tvm-default": TVM's default pipeline only
     choose: str = "measure"  # per-layer kernel choice: "measure" (time candidates here = the device) or "rule"
+    toolchain: str = "native"  # the profile's [build].toolchain: what links the artifact (compile/toolchains.py)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class BuildResult:
     layers: tuple[dict, ...] = field(default=())  # per-layer kernel choices from schedules/
     tvm_version: str = ""
     error: str | None = None
+    toolchain: str = ""  # the linker (and CUDA device-code mode) that built it, as in the build key
+    notes: tuple[str, ...] = ()  # what the board needs to load it (e.g. CUDA kernels shipped as source)
 
 
 def schedules_hash() -> str:
@@ -52,8 +55,9 @@ def schedules_hash() -> str:
     return digest.hexdigest()
 
 
-def build_key(req: BuildRequest, tvm_version: str) -> str:
-    """Content address of an artifact: model bytes, input shape, target, kernels, schedule sources, TVM version."""
+def build_key(req: BuildRequest, tvm_version: str, linker: str = "") -> str:
+    """Content address of an artifact: model bytes, input shape, target, kernels, schedule sources, TVM version,
+    toolchain (``linker``: the resolved linker and CUDA mode, ``Toolchain.identity``)."""
     material = {
         "format": BUILD_FORMAT,
         "onnx": req.onnx_sha256,
@@ -63,6 +67,7 @@ def build_key(req: BuildRequest, tvm_version: str) -> str:
         "choose": req.choose if req.kernels == "ours" else "",
         "schedules": schedules_hash() if req.kernels == "ours" else "",
         "tvm": tvm_version,
+        "toolchain": [req.toolchain, linker],
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -80,15 +85,18 @@ class ArtifactCache:
             return None
         meta = json.loads(meta_path.read_text())
         return BuildResult(key=key, artifact=lib, artifact_bytes=lib.stat().st_size, compile_s=meta["compile_s"],
-                           cached=True, layers=tuple(meta.get("layers", ())), tvm_version=meta.get("tvm_version", ""))
+                           cached=True, layers=tuple(meta.get("layers", ())), tvm_version=meta.get("tvm_version", ""),
+                           toolchain=meta.get("toolchain", ""), notes=tuple(meta.get("notes", ())))
 
     def folder(self, key: str) -> Path:
         folder = self.root / key[:32]
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def store(self, key: str, compile_s: float, layers: list[dict], tvm_version: str) -> None:
-        """Write ``build.json`` last: its presence marks a complete artifact."""
+    def store(self, key: str, compile_s: float, layers: list[dict], tvm_version: str,
+              extra: dict | None = None) -> None:
+        """Write ``build.json`` last: its presence marks a complete artifact. ``extra``: toolchain, notes and the
+        request (what ``sparsebench verify`` rebuilds for the host)."""
         meta = {"key": key, "compile_s": compile_s, "layers": layers, "tvm_version": tvm_version,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
         (self.folder(key) / "build.json").write_text(json.dumps(meta, indent=1))

@@ -52,7 +52,7 @@ def make_target(target: dict):
     return tvm.target.Target(target)
 
 
-def _compile(req: BuildRequest, out_path) -> list[dict]:
+def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dict]:
     import onnx
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
@@ -71,16 +71,79 @@ def _compile(req: BuildRequest, out_path) -> list[dict]:
                                       fingerprint=schedules_hash())
         mod, layers = rewrite_module(mod, target, chooser=chooser)
     ex = tvm.compile(mod, target=target)
-    ex.export_library(str(out_path))
+    _export(ex, out_path, toolchain, cuda, target)
     return [dict(layer) for layer in layers]
+
+
+def _export(ex, out_path, toolchain, cuda, target) -> None:
+    """Link with the profile's toolchain (``compile/toolchains.py``); for CUDA, swap the kernels' source for a
+    fatbin compiled here when ``cuda.ahead``, so the board's runtime loads them without a compiler."""
+    from tvm.support import cc
+
+    fcompile = None if toolchain is None or toolchain.name == "native" else cc.cross_compiler(toolchain.compiler)
+    fpack = _fatbin_packer(ex, cuda, target) if cuda is not None and cuda.ahead else None
+    ex.export_library(str(out_path), fcompile=fcompile, fpack_imports=fpack)
+
+
+def _fatbin_packer(ex, cuda, target):
+    """An ``fpack_imports`` for ``export_library``: TVM's packed imports with every CUDA module's source replaced by
+    its nvcc fatbin (TVM 0.27 keeps device code as source when this host has no CUDA runtime)."""
+    import tvm_ffi
+    from tvm.support import nvcc
+
+    from .toolchains import replace_cuda_code
+
+    def walk(mod, seen):
+        for sub in mod.imports:
+            if sub not in seen:
+                seen.append(sub)
+                walk(sub, seen)
+        return seen
+
+    modules = walk(ex.mod, [])
+    sources = {}
+    with target:  # nvcc.compile_cuda reads the arch of the current target
+        for sub in modules:
+            if sub.kind == "cuda":
+                src = sub.inspect_source("cuda").encode()
+                sources[src] = bytes(nvcc.compile_cuda(src.decode(), target_format="fatbin", arch=cuda.gencode(),
+                                                       compiler="nvcc"))
+    llvm_target = next(sub.get_function("_get_target_string")() for sub in modules if sub.kind == "llvm")
+
+    def fpack_imports(mod, is_system_lib, prefix, workspace_dir):
+        blob = tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")(mod).numpy().tobytes()
+        packed = replace_cuda_code(blob, sources)
+        obj = tvm_ffi.get_global_func("codegen.codegen_blob")(packed, is_system_lib, llvm_target, prefix)
+        path = os.path.join(workspace_dir, f"{prefix}devc.o")
+        obj.write_to_file(path)
+        return path
+
+    return fpack_imports
 
 
 def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
     """Compile ``req`` into an exported ``.so`` (or reuse the cached one). Never raises for a compile failure:
-    the result carries ``error`` = ``"compile: <message>"`` so one bad variant becomes one error row."""
+    the result carries ``error`` = ``"compile: <message>"`` so one bad variant becomes one error row.
+
+    ``req.toolchain`` links it (``compile/toolchains.py``); a CUDA target's kernels are compiled ahead to a fatbin
+    when nvcc knows the GPU, else shipped as source (``notes`` says what the board then needs)."""
+    from dataclasses import replace
+
+    from .toolchains import cuda_plan, find_toolchain
+
     cache = cache or ArtifactCache()
     version = tvm_version()
-    key = build_key(req, version)
+    try:
+        toolchain = find_toolchain(req.toolchain)
+    except HarnessError as err:
+        return BuildResult(key="", artifact=None, artifact_bytes=None, compile_s=None, cached=False,
+                           tvm_version=version, error=f"toolchain: {err}")
+    if toolchain.cross and req.choose == "measure":
+        req = replace(req, choose="rule")  # kernels cannot be timed here when this machine is not the device
+    cuda = cuda_plan(req.target["arch"]) if req.target.get("kind") == "cuda" else None
+    linker = toolchain.identity + (f"+{cuda.identity}" if cuda else "")
+    notes = [cuda.note] if cuda else []
+    key = build_key(req, version, linker)
     hit = cache.lookup(key)
     if hit is not None:
         return hit
@@ -88,14 +151,17 @@ def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
     tmp = folder / "model.tmp.so"
     start = time.perf_counter()
     try:
-        layers = _compile(req, tmp)
+        layers = _compile(req, tmp, toolchain, cuda)
     except Exception as err:  # a failed compile is a row, not an aborted sweep
         last = traceback.format_exception_only(type(err), err)[-1].strip()
         return BuildResult(key=key, artifact=None, artifact_bytes=None, compile_s=None, cached=False,
-                           tvm_version=version, error=f"compile: {last[:2000]}")
+                           tvm_version=version, error=f"compile: {last[:2000]}", toolchain=linker)
     compile_s = time.perf_counter() - start
     lib = folder / "model.so"
     tmp.replace(lib)
-    cache.store(key, compile_s, layers, version)
+    request = {"onnx_path": str(req.onnx_path), "onnx_sha256": req.onnx_sha256, "input_name": req.input_name,
+               "input_shape": list(req.input_shape), "target": req.target, "kernels": req.kernels,
+               "choose": req.choose, "toolchain": req.toolchain}
+    cache.store(key, compile_s, layers, version, {"toolchain": linker, "notes": notes, "request": request})
     return BuildResult(key=key, artifact=lib, artifact_bytes=lib.stat().st_size, compile_s=compile_s, cached=False,
-                       layers=tuple(layers), tvm_version=version)
+                       layers=tuple(layers), tvm_version=version, toolchain=linker, notes=tuple(notes))

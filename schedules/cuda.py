@@ -1,0 +1,128 @@
+"""CUDA kernels for the same products: dense (packed weight) and BSR, with threads bound over rows and blocks.
+
+The CPU kernels' register tiling does not carry over to a GPU; what does is the storage: the
+packed dense weight W[N/32, K, 32] and the BSR layout data[nnzb, c, r] both put consecutive
+output rows next to each other, so the threads of a warp that own consecutive rows read one
+contiguous stretch of the weight (coalesced), while the value of x they need is the same
+address for all of them (a broadcast).
+
+* dense: a CUDA block per 32 output rows (one warp across them, ``threadIdx.x``) and per tile
+  of batch rows (``threadIdx.y``); each thread walks K.
+* BSR: a CUDA block per group of block-rows, one thread per output row of them
+  (``threadIdx.x`` = block-row and row within the block) and ``blockIdx.y`` per batch row;
+  each thread walks its block-row's stored blocks.
+
+These are simple, correct schedules that compile for any CUDA architecture (built here for a
+Jetson's sm_87 without a GPU); they have not been tuned on a Jetson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from .bsr import BSRMatrix
+from .cpu import NO_EPILOGUE, Epilogue, epilogue, finish
+
+#: Output rows per warp in the packed dense weight.
+WARP = 32
+#: Threads per CUDA block the BSR kernel aims for.
+BSR_THREADS = 128
+#: Batch rows per CUDA block in the dense kernel (threadIdx.y).
+DENSE_BATCH_TILE = 4
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A CUDA target, for `kernels.make_kernel` (which takes it where CPU kernels take a `CpuInfo`).
+
+    Attributes:
+        arch: the target's ``arch`` ("sm_87" for Jetson Orin, ...), "" if unset.
+    """
+
+    arch: str = ""
+
+
+def is_cuda(target: tvm.target.Target) -> bool:
+    """Whether `target` is a CUDA GPU (our CUDA kernels serve it)."""
+    return target.kind.name == "cuda"
+
+
+def gpu_info(target: tvm.target.Target) -> GpuInfo:
+    """GpuInfo of a CUDA target."""
+    return GpuInfo(str(target.attrs.get("arch", "")))
+
+
+def dense_func(m: int, n: int, k: int, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
+    """CUDA kernel (x[M, K], W_packed[N/32, K, 32], [bias]) -> y[M, N] (pack with ``dense.pack_weight(w, WARP)``)."""
+    blocks = -(-n // WARP)
+    mt = min(m, DENSE_BATCH_TILE)
+    batch_tiles = -(-m // mt)
+
+    @T.prim_func(private=True)
+    def dense_cuda(
+        x: T.Buffer((m, k), "float32"),
+        w: T.Buffer((blocks, k, WARP), "float32"),
+        bias: T.Buffer((n,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for nb in T.thread_binding(blocks, thread="blockIdx.x"):
+            for mo in T.thread_binding(batch_tiles, thread="blockIdx.y"):
+                for mi in T.thread_binding(mt, thread="threadIdx.y"):
+                    for lane in T.thread_binding(WARP, thread="threadIdx.x"):
+                        acc = T.alloc_buffer((1,), "float32", scope="local")
+                        acc[0] = T.float32(0)
+                        if mo * mt + mi < m:
+                            for kk in range(k):
+                                acc[0] = acc[0] + x[mo * mt + mi, kk] * w[nb, kk, lane]
+                            if nb * WARP + lane < n:
+                                y[mo * mt + mi, nb * WARP + lane] = epilogue(ep, acc[0], bias, nb * WARP + lane)
+
+    return finish(dense_cuda, ep)
+
+
+def bsr_func(m: int, matrix: BSRMatrix, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
+    """CUDA kernel (x[M, K], data, indices, indptr, [bias]) -> y[M, N] for `matrix`'s sizes."""
+    n, k = matrix.shape
+    r, c = matrix.block
+    stored = matrix.data.shape[0]
+    rows = len(matrix.indptr) - 1
+    group = max(1, BSR_THREADS // r)  # block-rows per CUDA block
+    groups = -(-rows // group)
+
+    @T.prim_func(private=True)
+    def bsr_cuda(
+        x: T.Buffer((m, k), "float32"),
+        data: T.Buffer((stored, c, r), "float32"),
+        indices: T.Buffer((stored,), "int32"),
+        indptr: T.Buffer((rows + 1,), "int32"),
+        bias: T.Buffer((n,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for g in T.thread_binding(groups, thread="blockIdx.x"):
+            for b in T.thread_binding(m, thread="blockIdx.y"):
+                for t in T.thread_binding(group * r, thread="threadIdx.x"):
+                    acc = T.alloc_buffer((1,), "float32", scope="local")
+                    acc[0] = T.float32(0)
+                    if g * group + t // r < rows:
+                        for j in range(indptr[g * group + t // r], indptr[g * group + t // r + 1]):
+                            for ci in T.unroll(c):
+                                acc[0] = acc[0] + data[j, ci, t % r] * x[b, indices[j] * c + ci]
+                        if (g * group + t // r) * r + t % r < n:
+                            y[b, (g * group + t // r) * r + t % r] = epilogue(
+                                ep, acc[0], bias, (g * group + t // r) * r + t % r
+                            )
+
+    return finish(bsr_cuda, ep)
+
+
+def pack_dense(weight: np.ndarray) -> np.ndarray:
+    """W[N, K] packed for `dense_func`: [ceil(N/32), K, 32], zero-padded."""
+    from .dense import pack_weight
+
+    return pack_weight(weight, WARP)
