@@ -125,6 +125,11 @@ class Benchmark:
         self.python = self.device_spec.python_for(self.profile)
         # Kernels are timed where they will run: here only when this machine is the device.
         self.choose = "measure" if self.device_spec.transport_name(self.profile) == "local" else "rule"
+        # The profile's linker must exist (and a local run must be able to load its artifacts): one clear error
+        # here, before anything is stored or measured, rather than one ERROR row per variant.
+        from .compile.toolchains import check_run_toolchain
+
+        self.toolchain = check_run_toolchain(self.profile, self.device_spec.transport_name(self.profile))
         self._reference: dict[str, tuple[np.ndarray | None, str]] = {}
 
     def start(self, resume: str | None) -> str:
@@ -178,7 +183,7 @@ class Benchmark:
         if self.progress:
             self.progress.step(f"compile {job.key}")
         built = build(BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.input_name, shape,
-                                   self.profile.tvm_target, self.kernels, self.choose), cache)
+                                   self.profile.tvm_target, self.kernels, self.choose, self.profile.toolchain), cache)
         row = {
             "run_id": run_id, "variant_key": job.key, "device": self.device, "model": job.variant.model,
             "model_sha256": job.model.sha256, "variant_sha256": job.variant.sha256, "method": job.variant.method,

@@ -196,6 +196,15 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .emulate import verify_artifact
+
+    result = verify_artifact(args.artifact, arch=args.emulate, inputs=args.inputs, reference=args.reference,
+                             batch=args.batch, rtol=args.rtol, log=lambda msg: print(msg, file=sys.stderr))
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor
 
@@ -289,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="PROFILE", help="compare with this device profile (and use its defaults)")
     p.add_argument("--json", action="store_true", help="print the probe's raw JSON instead of the report")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("verify", help="run a cross-built artifact under emulation; compare with the host build")
+    p.add_argument("artifact", help="model.so, its folder, or an artifact key (`sparsebench results` column)")
+    p.add_argument("--emulate", choices=("aarch64",), required=True,
+                   help="run under qemu-user on a Debian sysroot built and cached on first use (~1 min)")
+    p.add_argument("--inputs", type=Path, metavar="X.npy", help="input rows (default: 32 seeded random rows)")
+    p.add_argument("--reference", metavar="HOST_MODEL.so", help="host build to compare with (default: build it)")
+    p.add_argument("--batch", type=int, help="batch of the artifact (default: from its build.json)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output scale (default 1e-4)")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

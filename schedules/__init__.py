@@ -1,4 +1,10 @@
-"""Our TensorIR kernels (packed dense, block-sparse) and the Relax rewrite that swaps them in.
+"""Our TensorIR kernels and the Relax rewrite that swaps them in.
+
+One module per format: `dense` (packed weight), `bsr` (block-sparse, any r x c), `sell`
+(unstructured at batch 1, sliced ELLPACK), `nm` (N:M structured), `conv` (1x1 convolutions as
+matmuls), `cuda` (dense and BSR for NVIDIA GPUs); `kernels.make_kernel` builds any of them for a
+layer, `choose` picks per layer (by measurement or rule), `rewrite` swaps them into a Relax
+module, `bench` is the suite behind `sparsebench kernels`.
 
 The compile adapter calls `rewrite_module` on a Relax module imported from ONNX, then builds the
 result with the normal `tvm.compile` pipeline (which leaves our pre-scheduled kernels alone).

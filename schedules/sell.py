@@ -14,8 +14,14 @@ column index per nonzero:
   ``cols[slot, C]`` (uint16 when K <= 65536, else int32), so one vector FMA advances C rows.
 
 The lane is the slice's C rows: accumulators map one-to-one to outputs (no horizontal sum), and
-x is gathered per slot -- with AVX2/AVX-512 gather instructions on x86, lane by lane elsewhere.
-`perm` maps sorted rows back to W's rows for the final stores.
+x is gathered per slot -- with AVX2 gather instructions, lane by lane elsewhere. `perm` maps
+sorted rows back to W's rows for the final stores.
+
+With AVX-512 a *windowed* form replaces the gather: a slice's slots are grouped by 32-column
+window of x, each window is held in two registers, and one ``vpermi2ps`` per slot picks every
+lane's x. The index shrinks to a byte; each (slice, window) is padded to its fullest row
+there, which at 90 % zeros roughly doubles the stored slots but still costs several times
+less than a gather (768x768 at 90 %: 7.7 µs against 21 µs, one thread of a Zen 4).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from tvm.script import tirx as T
 
 from .cpu import ACC_SCOPE, NO_EPILOGUE, CpuInfo, Epilogue, epilogue, finish
 
-#: Gather intrinsics: (isa, lanes) -> (LLVM intrinsic, how its mask argument is written).
+#: Gather intrinsics by (isa, lanes), with their argument lists.
 _GATHERS = {
     ("avx512", 16): "llvm.x86.avx512.mask.gather.dps.512",  # (src, ptr, idx i32x16, mask i1x16, scale i32)
     ("avx2", 8): "llvm.x86.avx2.gather.d.ps.256",  # (src, ptr, idx i32x8, mask f32x8 sign bits, scale i8)

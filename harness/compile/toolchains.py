@@ -214,9 +214,11 @@ class CudaPlan:
         return ["-gencode", f"arch=compute_{num},code=[sm_{num},compute_{num}]"]
 
 
-BOARD_NEEDS_SOURCE = ("the board compiles the CUDA kernels when it loads the model: its TVM runtime needs NVRTC "
-                      "(pip install cuda-bindings in the board's venv) or a CUDA toolkit with "
-                      "TVM_CUDA_COMPILE_MODE=nvcc")
+# Seen on a GPU with the 0.27 wheel: a source module does not load under TVM_USE_RUNTIME_LIB=1 (the JIT callback
+# needs the compiler library), while a fatbin loads with the runtime alone.
+BOARD_NEEDS_SOURCE = ("the board compiles the CUDA kernels when it loads the model, which needs the full TVM "
+                      "package there (not TVM_USE_RUNTIME_LIB=1) plus NVRTC (pip install cuda-bindings in the "
+                      "board's venv) or a CUDA toolkit with TVM_CUDA_COMPILE_MODE=nvcc")
 
 
 def _nvcc() -> tuple[str | None, str]:

@@ -121,10 +121,21 @@ def set_threads(threads: int | None) -> int:
     return int(os.environ["TVM_NUM_THREADS"])
 
 
+def _load_cuda_runtime(tvm) -> None:
+    """With TVM_USE_RUNTIME_LIB=1 TVM does not load its CUDA runtime library, so a CUDA module (even one with a
+    pre-compiled fatbin) fails to load ("ffi.Module.load_from_bytes.cuda is not registered"): load it here."""
+    import ctypes
+
+    runtime = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve()
+    ctypes.CDLL(str(runtime.parent / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_LOCAL)
+
+
 def _load_vm(artifact: str, device: str):
     import tvm
     from tvm.runtime.vm import VirtualMachine  # what relax.VirtualMachine is; works without the compiler
 
+    if device == "cuda":
+        _load_cuda_runtime(tvm)
     dev = tvm.device(device, 0)
     lib = tvm.runtime.load_module(artifact)
     return tvm, dev, VirtualMachine(lib, dev)

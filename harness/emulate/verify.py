@@ -1,0 +1,181 @@
+"""``sparsebench verify ARTIFACT --emulate aarch64``: does a cross-built artifact compute what the host build does?
+
+The artifact runs under qemu-user on the cached Debian sysroot (``sysroot.py``) through the same device runner and
+session a board gets (``harness/device``), with the TVM runtime only. The same variant is built for this machine
+(from the request recorded in the artifact's ``build.json``) and run locally; outputs must agree to ``rtol`` of
+the output scale (max |host output|). Kernel timings under emulation mean nothing and are not reported.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import HarnessError
+
+#: ELF e_machine values -> architecture names (artifacts are checked before anything runs)
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """One emulated check: ``ok`` when the emulated outputs equal the host build's within ``rtol``."""
+
+    artifact: Path
+    arch: str
+    ok: bool
+    rtol: float  # tolerance relative to the output scale
+    n_outputs: int = 0  # rows of outputs compared
+    max_abs_err: float | None = None  # max |emulated - host| over all outputs
+    scale: float | None = None  # max |host output|: what rtol is relative to
+    host_artifact: Path | None = None
+    emulated_s: float | None = None  # wall seconds of the emulated runner process (qemu start to exit)
+    host_s: float | None = None  # wall seconds of the host runner process
+    device_meta: dict | None = None  # what the runner reported about the emulated device (machine: aarch64)
+    error: str | None = None  # "<step>: <message>" when a step failed (then ok is False)
+
+    def summary(self) -> str:
+        """One line for the user."""
+        if self.error:
+            return f"FAILED: {self.artifact}: {self.error}"
+        verdict = "OK" if self.ok else "MISMATCH"
+        machine = (self.device_meta or {}).get("machine", "?")
+        return (f"{verdict}: {self.artifact} under qemu ({machine}) vs the host build: max |diff| "
+                f"{self.max_abs_err:.3g} over {self.n_outputs} outputs, output scale {self.scale:.3g}, "
+                f"rtol {self.rtol:g}; emulated run {self.emulated_s:.1f} s, host run {self.host_s:.1f} s")
+
+
+def elf_machine(path: Path) -> str:
+    """The architecture an ELF shared library was built for (``x86_64``, ``aarch64``...)."""
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise HarnessError(f"{path} is not an ELF shared library; give a model.so built by sparsebench")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return ELF_MACHINES.get(machine, f"machine {machine}")
+
+
+def resolve_artifact(text: str | Path) -> Path:
+    """An artifact given as a ``model.so`` path, its folder, or an artifact key (prefix) from the results."""
+    from ..compile import ArtifactCache
+
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir() and (path / "model.so").is_file():
+        return (path / "model.so").resolve()
+    root = ArtifactCache().root
+    key = str(text)
+    if len(key) >= 6 and all(ch in "0123456789abcdef" for ch in key):
+        matches = [p for p in root.glob(f"{key[:32]}*") if (p / "model.so").is_file()]
+        if len(matches) == 1:
+            return matches[0] / "model.so"
+        if len(matches) > 1:
+            raise HarnessError(f"artifact key {key!r} matches {len(matches)} artifacts in {root}; give more digits")
+    raise HarnessError(f"no artifact {str(text)!r}: give a model.so path, its folder, or an artifact key "
+                       f"(the artifact_key column of `sparsebench results`) found in {root}")
+
+
+def _request(artifact: Path) -> dict | None:
+    try:
+        return json.loads((artifact.parent / "build.json").read_text()).get("request")
+    except (OSError, ValueError):
+        return None
+
+
+def _host_build(req: dict, log) -> Path:
+    """The same variant compiled for this machine (the `local` profile's target, native linker)."""
+    from ..compile.cache import BuildRequest
+    from ..compile.tvm_adapter import build
+    from ..config import load_target
+
+    onnx_path = Path(req["onnx_path"])
+    if not onnx_path.is_file():
+        raise HarnessError(f"host build: the variant's model {onnx_path} is gone (caches cleared?); rebuild the "
+                           "artifact with `sparsebench run`, or pass --reference HOST_MODEL.so")
+    log("building the same variant for this machine")
+    built = build(BuildRequest(onnx_path, req["onnx_sha256"], req["input_name"], tuple(req["input_shape"]),
+                               load_target("local").tvm_target, req.get("kernels", "ours"), "rule", "native"))
+    if built.error:
+        raise HarnessError(f"host build: {built.error}")
+    return built.artifact
+
+
+def verify_artifact(artifact: str | Path, *, arch: str = "aarch64", inputs: np.ndarray | str | Path | None = None,
+                    reference: str | Path | None = None, batch: int | None = None, rtol: float = 1e-4,
+                    samples: int = 32, log: Callable[[str], None] | None = None) -> VerifyResult:
+    """Run ``artifact`` under qemu-``arch`` and compare its outputs with the host build of the same variant.
+
+    ``inputs``: rows to evaluate (array or ``.npy``); default ``samples`` seeded normal rows of the recorded input
+    shape. ``reference``: a host ``model.so`` to compare with instead of building one. ``batch``: needed only for
+    artifacts without a ``build.json``. Setup problems (no qemu, no sysroot, wrong architecture) raise
+    :class:`HarnessError`; a failed run or a mismatch comes back as a result with ``ok`` False.
+    """
+    from ..config import MeasureConfig
+    from ..device.session import run_on_device
+    from ..transports import LocalTransport
+    from .sysroot import ensure_sysroot, get_arch
+    from .transport import EmulatedTransport
+
+    log = log or (lambda _msg: None)
+    get_arch(arch)
+    path = resolve_artifact(artifact)
+    machine = elf_machine(path)
+    if machine != arch:
+        raise HarnessError(f"{path} is built for {machine}, not {arch}: build it with a profile whose toolchain "
+                           f"targets {arch} (e.g. target = \"rpi5\")")
+    req = _request(path)
+    if req and req.get("target", {}).get("kind") == "cuda":
+        raise HarnessError(f"{path} holds CUDA kernels: emulation checks CPU artifacts; build the profile's CPU "
+                           "target (the [tvm].target) to check it here")
+    if batch is None:
+        if req is None:
+            raise HarnessError(f"{path} has no build.json with its request: pass --batch and --reference")
+        batch = int(req["input_shape"][0])
+    if inputs is None:
+        if req is None:
+            raise HarnessError(f"{path} has no build.json with its input shape: pass --inputs X.npy")
+        shape = tuple(req["input_shape"][1:])
+        inputs = np.random.default_rng(0).normal(0, 1, (max(samples, batch), *shape)).astype(np.float32)
+    elif not isinstance(inputs, np.ndarray):
+        inputs = np.load(Path(inputs))
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+
+    if reference is not None:
+        host_lib = resolve_artifact(reference)
+    elif req is None:
+        raise HarnessError(f"{path} has no build.json with its request: pass --reference HOST_MODEL.so")
+    else:
+        host_lib = _host_build(req, log)
+    if elf_machine(host_lib) != platform.machine():
+        raise HarnessError(f"reference {host_lib} is built for {elf_machine(host_lib)}: it must run on this machine")
+
+    sysroot = ensure_sysroot(arch, log=log)
+    # Only outputs matter here: one warm-up, three timed calls, no energy window.
+    quick = MeasureConfig(warmup_runs=1, warmup_s=0.0, min_runs=3, min_s=0.0, max_runs=3, timeout_s=1800.0,
+                          energy_idle_s=0.0, energy_window_s=0.0)
+    log(f"running {path.name} under qemu-{arch}")
+    emu = run_on_device(EmulatedTransport(sysroot), artifact=path, eval_x=inputs, batch=batch, measure=quick,
+                        label="verify-emulated")
+    base = dict(artifact=path, arch=arch, rtol=rtol, host_artifact=host_lib,
+                emulated_s=emu.steps_s.get("run"), device_meta=(emu.result or {}).get("device_meta"))
+    if emu.error:
+        return VerifyResult(ok=False, error=f"emulated {emu.error}", **base)
+    host = run_on_device(LocalTransport(), artifact=host_lib, eval_x=inputs, batch=batch, measure=quick,
+                         label="verify-host")
+    base["host_s"] = host.steps_s.get("run")
+    if host.error:
+        return VerifyResult(ok=False, error=f"host {host.error}", **base)
+    a, b = np.asarray(emu.outputs, np.float64), np.asarray(host.outputs, np.float64)
+    if a.shape != b.shape:
+        return VerifyResult(ok=False, error=f"compare: output shapes differ: emulated {a.shape}, host {b.shape}",
+                            **base)
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    ok = bool(np.isfinite(a).all() and np.isfinite(b).all() and err <= rtol * max(scale, 1e-30))
+    return VerifyResult(ok=ok, n_outputs=int(a.shape[0]), max_abs_err=err, scale=scale, **base)
