@@ -54,8 +54,9 @@ class LayerRecord:
         alternatives_us: for "measured", median µs of every candidate timed ("dense",
             "bsr 16x1", ...); None otherwise.
         rule: for "rule", the rule that decided.
-        op: the layer's operator: "matmul" (ONNX Gemm / MatMul, torch linear) or "conv1x1"
-            (a 1x1 conv2d; shape is then [O, I] and batch is B*H*W, the matmul it became).
+        op: the layer's operator: "matmul" (ONNX Gemm / MatMul, torch linear), "conv1x1" (a
+            1x1 conv2d; shape is then [O, I] and batch is B*H*W, the matmul it became) or "conv"
+            (any other conv2d with a constant weight, left to TVM; shape [O, I*kh*kw]).
         epilogue: what was fused into the kernel's store: "bias", "relu", "bias+relu" or None.
     """
 
@@ -95,8 +96,8 @@ def rewrite_module(
     other target the module is returned unchanged, with "default" records.
 
     Returns:
-        (new module, one `LayerRecord.to_dict()` per constant-weight matmul or 1x1 conv, in
-        program order).
+        (new module, one `LayerRecord.to_dict()` per constant-weight matmul or conv2d, in
+        program order -- the layers `harness.sparsify` prunes, in the same order).
     """
     rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min))
     for gvar, func in mod.functions_items():
@@ -251,13 +252,16 @@ class _MatmulRewriter(relax.PyExprMutator):
         arg = call.args[1]
         if not (isinstance(arg, tvm.ir.GenericConst) and isinstance(arg.ty, relax.TensorType)):
             return call
-        weight = conv.pointwise_weight(call.attrs, arg.value.numpy())
-        if weight is None:
+        value = arg.value.numpy()
+        weight = conv.pointwise_weight(call.attrs, value)
+        if weight is None:  # recorded all the same: records follow the model's constant-weight layers one to one
+            if value.ndim == 4:
+                self._record(value.reshape(value.shape[0], -1), None, "default", None, 0, value.nbytes, op="conv")
             return call
         x_shape = _fp32_static_shape(call.args[0].ty)
         on_cpu = isinstance(self.cpu, CpuInfo)  # the NCHW transposes are CPU kernels
         if x_shape is None or len(x_shape) != 4 or not on_cpu or not self._served(weight, x_shape, call):
-            self._record(weight, None, "default", None, 0, arg.value.numpy().nbytes, op="conv1x1")
+            self._record(weight, None, "default", None, 0, value.nbytes, op="conv1x1")
             return call
         self.rewrites += 1
         o, c = weight.shape

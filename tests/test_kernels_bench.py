@@ -17,7 +17,7 @@ from schedules import bench  # noqa: E402
 
 TINY = bench.Plan(shapes=((64, 48),), batches=(1, 4), sparsities=(0.5, 0.9), blocks=((16, 1), (1, 1), (4, 4)),
                   nm=(2, 4), min_runs=3, max_runs=3, budget_s=0.0, slow_min_runs=2, warmup=1, settle_s=0.0,
-                  attempts=1)
+                  attempts=1, passes=2)
 BANDWIDTH = {"llc_bytes": 32 << 20, "cache_buffer_bytes": 4 << 20, "dram_buffer_bytes": 128 << 20,
              "cache_gbs": 80.0, "dram_gbs": 20.0}
 KEYS = {"shape", "batch", "sparsity", "format", "block", "impl", "median_us", "p90_us", "n", "roofline_fraction"}
