@@ -218,13 +218,14 @@ class Benchmark:
             self.store.outputs(run_id, job.dense_key, self.device)
         reference, why_none = self.reference(job)
         quality = quality_figures(dev.outputs, labels=job.model.eval_y, dense=dense, reference=reference)
-        status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, max_cv=m.max_cv, ref_rtol=m.ref_rtol)
+        status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, max_cv=m.max_cv,
+                                  ref_rtol=m.ref_rtol, max_outliers=m.max_outliers)
         if why_none:
             reasons.append(f"reference evaluation failed: {why_none}")
         row.update(
             latency_p50_ms=stats.p50_ms, latency_p90_ms=stats.p90_ms, latency_p99_ms=stats.p99_ms,
             latency_mean_ms=stats.mean_ms, latency_std_ms=stats.std_ms, latency_min_ms=stats.min_ms,
-            latency_max_ms=stats.max_ms, latency_cv=stats.cv, n_iter=stats.n, warmup_runs=result["warmup_runs"],
+            latency_max_ms=stats.max_ms, latency_cv=stats.cv, latency_cv_all=stats.cv_all, n_outliers=stats.n_outliers, n_iter=stats.n, warmup_runs=result["warmup_runs"],
             accuracy=quality.accuracy, top1_agreement=quality.top1_agreement, max_abs_err=quality.max_abs_err,
             ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
             reasons=reasons,

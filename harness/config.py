@@ -77,7 +77,8 @@ class MeasureConfig:
     min_runs: int = 30
     min_s: float = 0.5
     max_runs: int = 100_000
-    max_cv: float = 0.10  # coefficient of variation above which a latency is INVALID
+    max_cv: float = 0.10  # coefficient of variation (outliers excluded) above which a latency is INVALID
+    max_outliers: float = 0.02  # fraction of outlier iterations (> max(Q3 + 3 IQR, 2 p50)) making it INVALID
     min_valid_runs: int = 10  # fewer timed iterations than this -> INVALID
     ref_rtol: float = 1e-4  # compiled outputs vs the reference evaluation of the same model, relative to max |ref|
     timeout_s: float = 900.0  # one variant's whole run on the device

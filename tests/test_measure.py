@@ -33,3 +33,16 @@ def test_verdict_reasons():
     wrong = quality_figures(np.ones((2, 2)), reference=np.zeros((2, 2)))
     status, reasons = verdict(good, wrong, min_valid_runs=10, max_cv=0.1, ref_rtol=1e-4)
     assert status == "INVALID" and "off the reference" in reasons[0]
+
+
+def test_outliers_do_not_hide_a_steady_distribution_but_are_counted():
+    rng = np.random.default_rng(0)
+    steady = rng.normal(1_000_000, 10_000, 2000)  # 1 ms ± 1 %
+    spiky = np.concatenate([steady, [80_000_000, 120_000_000]])  # two 100x stalls
+    s = latency_stats(spiky)
+    assert s.n_outliers == 2 and s.cv < 0.02 and s.cv_all > 0.5
+    q = quality_figures(np.ones((2, 2)), reference=np.ones((2, 2)))
+    assert verdict(s, q, min_valid_runs=10, max_cv=0.1, ref_rtol=1e-4) == ("VALID", [])
+    many = latency_stats(np.concatenate([steady, [80_000_000] * 100]))  # 5 % stalls: an interrupted run
+    status, reasons = verdict(many, q, min_valid_runs=10, max_cv=0.1, ref_rtol=1e-4)
+    assert status == "INVALID" and "outliers" in reasons[-1]

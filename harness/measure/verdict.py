@@ -7,7 +7,7 @@ from .stats import LatencyStats
 
 
 def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, max_cv: float,
-            ref_rtol: float) -> tuple[str, list[str]]:
+            ref_rtol: float, max_outliers: float = 0.02) -> tuple[str, list[str]]:
     """(``"VALID"`` | ``"INVALID"``, reasons). Each reason names the failed constraint and what to do."""
     reasons = []
     if stats.n < min_valid_runs:
@@ -16,6 +16,12 @@ def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, max_c
         reasons.append(
             f"latency CV {stats.cv:.1%} above {max_cv:.0%}: the device was noisy; close other load, pin clocks "
             "(performance governor) or raise [measure].min_s"
+        )
+    if stats.n_outliers > max_outliers * stats.n:
+        reasons.append(
+            f"{stats.n_outliers} of {stats.n} iterations ({stats.n_outliers / stats.n:.1%}) were outliers above "
+            f"max(Q3 + 3 IQR, 2 p50) (max {stats.max_ms:.3g} ms vs p50 {stats.p50_ms:.3g} ms): something interrupted the run; "
+            "close other load and rerun"
         )
     if quality.ref_max_abs_err is None:
         reasons.append("no reference outputs to check the compiled model against")

@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS results (
     target_json TEXT NOT NULL,
     transport TEXT NOT NULL,
     latency_p50_ms REAL, latency_p90_ms REAL, latency_p99_ms REAL, latency_mean_ms REAL, latency_std_ms REAL,
-    latency_min_ms REAL, latency_max_ms REAL, latency_cv REAL, n_iter INTEGER, warmup_runs INTEGER,
+    latency_min_ms REAL, latency_max_ms REAL,
+    latency_cv REAL,                  -- std/mean without outliers (above max(Q3 + 3 IQR, 2 p50))
+    latency_cv_all REAL,              -- std/mean over every sample
+    n_outliers INTEGER, n_iter INTEGER, warmup_runs INTEGER,
     accuracy REAL, top1_agreement REAL, max_abs_err REAL, ref_max_abs_err REAL,
     energy_mj REAL, energy_status TEXT,  -- energy per inference (mJ, total) and "ok" / "unavailable: why" / ...
     energy_json TEXT,                 -- the full energy record: method, rails, idle/active W, samples, calibration
