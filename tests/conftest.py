@@ -26,6 +26,20 @@ def _isolated_cache(tmp_path_factory):
         os.environ["SPARSEBENCH_CACHE"] = old
 
 
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH sshd on 127.0.0.1 (free port, temporary keys and config), shared by the session's tests.
+    Fails, never skips, when it cannot start: the SSH tests are part of CI."""
+    from sshd import SSHDUnavailable, start_sshd
+
+    try:
+        server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except SSHDUnavailable as err:
+        pytest.fail(f"cannot start the test sshd: {err}", pytrace=False)
+    yield server
+    server.stop()
+
+
 def make_small_model(folder: Path, *, k=48, hidden=96, n_out=10, n_eval=40, seed=1) -> tuple[Path, Path]:
     """A 48-96-96-10 MLP with seeded weights; labels = the dense model's own argmax, so dense accuracy is 1.0."""
     import onnx

@@ -130,18 +130,6 @@ def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
 # a benchmark run for the Pi: aarch64 artifacts through the real ssh transport, "board" = this machine under qemu
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    from sshd import SSHDUnavailable, start_sshd
-
-    try:
-        server = start_sshd(tmp_path_factory.mktemp("sshd-cross"))
-    except SSHDUnavailable as err:
-        pytest.fail(f"cannot start the test sshd: {err}", pytrace=False)
-    yield server
-    server.stop()
-
-
 def test_run_for_rpi5_over_ssh_measures_aarch64_artifacts(sshd, tmp_path):
     from harness.compile import ArtifactCache
 

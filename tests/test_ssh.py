@@ -21,17 +21,7 @@ import pytest
 from conftest import write_config
 from harness.errors import HarnessError
 from harness.transports import SSHTransport, TransportError, make_transport
-from sshd import SSHDUnavailable, mount_tiny_tmpfs, start_sshd, unmount
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    try:
-        server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    except SSHDUnavailable as err:
-        pytest.fail(f"cannot start the test sshd: {err}", pytrace=False)
-    yield server
-    server.stop()
+from sshd import mount_tiny_tmpfs, unmount
 
 
 def cli(sshd, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
