@@ -13,29 +13,15 @@ TVM is imported only when the rewrite runs, so `import schedules` stays cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import tvm
+def __getattr__(name: str):
+    """`schedules.rewrite_module` (see `schedules.rewrite`), imported on first use so that `import schedules`
+    does not import TVM."""
+    if name == "rewrite_module":
+        from .rewrite import rewrite_module
 
-    from .choose import Chooser
-
-
-def rewrite_module(
-    mod: tvm.IRModule,
-    target: tvm.target.Target,
-    *,
-    sparse_min: float = 0.5,
-    chooser: Chooser | None = None,
-) -> tuple[tvm.IRModule, list[dict]]:
-    """Replace every matmul with a constant weight by our kernels. Returns (new module, per-layer records).
-
-    See `schedules.rewrite.rewrite_module` for the matched forms, `schedules.choose` for how a
-    layer's kernel is picked and `LayerRecord` for the record fields.
-    """
-    from .rewrite import rewrite_module as _rewrite
-
-    return _rewrite(mod, target, sparse_min=sparse_min, chooser=chooser)
+        return rewrite_module
+    raise AttributeError(f"module 'schedules' has no attribute {name!r}")
 
 
 __all__ = ["rewrite_module"]

@@ -114,7 +114,9 @@ def test_fake_android_energy_through_the_pipeline(tmp_path):
 
     with rewriting(update, period_s=0.002):
         records = _run(tmp_path, root)
-    assert "µA" in json.dumps(records[0]["sensor_detail"], ensure_ascii=False) or records[0]["sensor_detail"]
+    detail = records[0]["sensor_detail"]  # the interpretation of this battery's units and sign is recorded
+    assert detail["current_unit"] == "uA" and detail["voltage_unit"] == "uV"
+    assert detail["discharging_current"].startswith("negative")
 
 
 def test_this_machine_says_unavailable(tmp_path):

@@ -270,7 +270,6 @@ def plot_latency_distribution(group: Group, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-#: Per-group plots in display order.
 def plot_energy_vs_sparsity(group: Group, path: Path) -> Path | None:
     """Energy per inference (mJ, from the board's own sensor) vs sparsity, dense as a line. No plot when no
     row has a measured energy: an unavailable figure is never drawn as zero."""
@@ -293,6 +292,7 @@ def plot_energy_vs_sparsity(group: Group, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+#: Per-group plots in display order.
 PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("latency", "Latency p50 vs sparsity (bars up to p90; dashed: dense p50)", plot_latency_vs_sparsity),
     PlotSpec("speedup", "Speedup vs dense (dense p50 / p50) with the ideal 1/(1−s)", plot_speedup_vs_sparsity),
