@@ -101,7 +101,7 @@ def _layers(job: Job, choices: tuple[dict, ...]) -> list[dict]:
         choice = choices[i] if i < len(choices) else {}
         record["kernel"] = choice.get("kernel", "default")
         record["block"] = choice.get("block")
-        for key in ("choice", "alternatives_us", "rule"):
+        for key in ("choice", "alternatives_us", "rule", "measured_on", "weight"):
             if choice.get(key) is not None:
                 record[key] = choice[key]
         out.append(record)
@@ -123,8 +123,6 @@ class Benchmark:
         self.device_spec: DeviceSpec = device or DeviceSpec()
         self.device = self.device_spec.transport(self.profile).device
         self.python = self.device_spec.python_for(self.profile)
-        # Kernels are timed where they will run: here only when this machine is the device.
-        self.choose = "measure" if self.device_spec.transport_name(self.profile) == "local" else "rule"
         # The profile's linker must exist (and a local run must be able to load its artifacts): one clear error
         # here, before anything is stored or measured, rather than one ERROR row per variant.
         from .compile.toolchains import check_run_toolchain
@@ -162,28 +160,56 @@ class Benchmark:
         # connecting and the runtime check fail the whole run with one message (rows already stored stay)
         with self.device_spec.transport(self.profile, run_name=run_id) as transport:
             check_runtime(transport, self.python, host_tvm=host_tvm_version())
+            selection = self.select(todo, transport)
             if self.progress:
                 self.progress.start(len(todo))
             for job in todo:
-                row = self.run_one(run_id, job, transport, cache)
+                row = self.run_one(run_id, job, transport, cache, selection)
                 counts["done"] += 1
                 counts["errors"] += row["verdict"] == "ERROR"
                 if self.progress:
                     self.progress.advance(job.key, row)
         return counts
 
-    def run_one(self, run_id: str, job: Job, transport, cache) -> dict:
+    def request(self, job: Job):
+        """What to compile for ``job`` (without its kernel plan)."""
         from .compile.cache import BuildRequest
+
+        return BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.input_name,
+                            tuple(job.model.shape_for_batch(job.batch)), self.profile.tvm_target, self.kernels,
+                            self.profile.toolchain)
+
+    def select(self, jobs: list[Job], transport):
+        """The kernel-selection step: every candidate kernel of the jobs' layers timed on the device (or taken
+        from its timing cache); returns the :class:`~harness.compile.select.Selection` the builds follow."""
+        import sys
+
+        from .compile.select import select_kernels
+
+        log = (lambda msg: print(msg, file=sys.stderr)) if self.progress else None
+        selection = select_kernels([self.request(j) for j in jobs], transport=transport, python=self.python,
+                                   toolchain=self.profile.toolchain, timeout_s=self.cfg.measure.timeout_s, log=log)
+        if selection.plan.layers:
+            print(f"kernel selection on {transport.device}: {len(selection.plan.layers)} layers, "
+                  f"{selection.timed} candidate kernels timed there in {selection.seconds:.1f} s, "
+                  f"{selection.reused} from its timing cache" + (f"; {selection.plan.note}" if selection.plan.note
+                                                                 else ""), file=sys.stderr)
+        return selection
+
+    def run_one(self, run_id: str, job: Job, transport, cache, selection=None) -> dict:
+        from dataclasses import replace
+
         from .compile.tvm_adapter import build
         from .device.session import run_on_device
         from .measure import latency_stats, quality_figures, verdict
 
         m = self.cfg.measure
-        shape = tuple(job.model.shape_for_batch(job.batch))
         if self.progress:
             self.progress.step(f"compile {job.key}")
-        built = build(BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.input_name, shape,
-                                   self.profile.tvm_target, self.kernels, self.choose, self.profile.toolchain), cache)
+        req = self.request(job)
+        if selection is not None:
+            req = replace(req, plan=selection.plan_for(req))
+        built = build(req, cache)
         row = {
             "run_id": run_id, "variant_key": job.key, "device": self.device, "model": job.variant.model,
             "model_sha256": job.model.sha256, "variant_sha256": job.variant.sha256, "method": job.variant.method,

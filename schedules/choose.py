@@ -1,31 +1,60 @@
-"""Per-layer kernel choice: by measurement on the device that runs the model, or by a stated rule.
+"""Per-layer kernel choice: from a kernel plan measured on the device that runs the model, or by a stated rule.
 
-Peers pick sparse kernels by a global rule (XNNPACK: 2/3 zeros; old TVM: a sparsity threshold). Whether a
-sparse kernel pays off depends on the shape, batch, sparsity pattern and the CPU, so where the compiling machine
-is the device (local target) we time every candidate for the layer and take the fastest. For a remote device we
-cannot time here, and say so: the rule decides and the record says ``choice = "rule"``.
+Peers pick sparse kernels by a global rule (XNNPACK: 2/3 zeros; old TVM: a sparsity threshold). Whether a sparse
+kernel pays off depends on the shape, batch, sparsity pattern and the CPU, so the harness times every candidate
+for every layer *on the device* (``harness/compile/select.py`` builds them into one bundle, the board-side timer
+times them) and hands the compile step a plan. Nothing here times anything: compiling is deterministic given a
+plan. Where no measurement exists the rule decides and the record says ``choice = "rule"``.
+
+A layer is identified by :func:`layer_key`: its [N, K] shape, the batch M and the positions of its nonzeros --
+what a kernel's speed depends on (values do not matter). :func:`kernel_key` names one candidate kernel for a layer
+the same way, so two layers with one pattern (or two dense layers of one shape) are timed once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
 from . import bsr
 from .cpu import CpuInfo
 from .cuda import GpuInfo
-from .kernels import Candidate, candidates, label, make_kernel, nm_pattern
+from .kernels import Candidate, candidates, label, nm_pattern
 
 #: The rule takes an N:M kernel only if the weight fills at least this fraction of its n slots per group.
 NM_MIN_FILL = 0.75
 
 #: (weight [N, K], batch M, cpu) -> (candidate, info for the layer record)
-Chooser = Callable[[np.ndarray, int, CpuInfo], "tuple[Candidate, dict]"]
+Chooser = Callable[[np.ndarray, int, "CpuInfo | GpuInfo | None"], "tuple[Candidate, dict]"]
+
+
+def weight_digest(weight: np.ndarray) -> str:
+    """Content hash of a [N, K] weight as the rewrite sees it (shape, dtype and bytes in C order): how a layer of
+    the compiled module is matched to the weight's name in the source model."""
+    digest = hashlib.sha256(f"{weight.shape}:{weight.dtype}".encode())
+    digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def pattern_digest(weight: np.ndarray) -> str:
+    """Hash of a weight's shape and nonzero positions (not its values)."""
+    digest = hashlib.sha256(f"{weight.shape}".encode())
+    digest.update(np.packbits(np.ascontiguousarray(weight) != 0).tobytes())
+    return digest.hexdigest()
+
+
+def layer_key(weight: np.ndarray, m: int, *, pattern: str | None = None) -> str:
+    """What identifies a layer for kernel choice: [N, K], batch M and the nonzero pattern."""
+    return hashlib.sha256(f"layer:{m}:{pattern or pattern_digest(weight)}".encode()).hexdigest()[:32]
+
+
+def kernel_key(candidate: Candidate, weight: np.ndarray, m: int, *, pattern: str | None = None) -> str:
+    """What identifies one candidate kernel's timing: the kernel, the shape and batch, and -- for sparse kernels --
+    the nonzero pattern (a dense kernel's time depends on the shape alone)."""
+    what = f"{weight.shape}" if candidate[0] == "dense" else (pattern or pattern_digest(weight))
+    return hashlib.sha256(f"kernel:{label(candidate)}:{m}:{what}".encode()).hexdigest()[:32]
 
 
 def rule_chooser(sparse_min: float = 0.5) -> Chooser:
@@ -37,7 +66,7 @@ def rule_chooser(sparse_min: float = 0.5) -> Chooser:
     kernel beats dense at 50 % zeros where CSR's indices cost more than they save.
     """
 
-    def choose(weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo) -> tuple[Candidate, dict]:
+    def choose(weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None) -> tuple[Candidate, dict]:
         density = bsr.density(weight)
         block = bsr.choose_block(weight) if density < 1.0 else None
         # (no N:M kernel on CUDA: such a weight takes the BSR/dense rule there)
@@ -51,67 +80,37 @@ def rule_chooser(sparse_min: float = 0.5) -> Chooser:
     return choose
 
 
-class MeasuredChooser:
-    """Times each candidate kernel for a layer on this machine and keeps the fastest.
+class PlanChooser:
+    """Takes each layer's kernel from a plan: ``{layer_key: (candidate, info)}`` (``info`` goes into the layer's
+    record: ``choice``, ``alternatives_us``, ``measured_on``, ...). A layer the plan does not cover gets the rule,
+    and its record says why (``rule`` names the reason)."""
 
-    Timings are cached in a JSON table keyed by target, batch, the weight's bytes and the kernels' source
-    (``fingerprint``), so re-building the same variant does not re-time it.
-    """
+    def __init__(self, table: Mapping[str, tuple[Candidate, dict]], *, fallback: Chooser | None = None,
+                 missing: str = "not in the kernel plan"):
+        self.table = table
+        self.fallback = fallback or rule_chooser()
+        self.missing = missing
 
-    def __init__(self, target, *, cache_file: Path | None = None, fingerprint: str = "", repeat: int = 9,
-                 min_repeat_ms: int = 2):
-        self.target = target
-        self.cache_file = Path(cache_file) if cache_file else None
-        self.fingerprint = fingerprint
-        self.repeat = repeat
-        self.min_repeat_ms = min_repeat_ms
-        self._table = self._load()
+    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None) -> tuple[Candidate, dict]:
+        hit = self.table.get(layer_key(weight, m))
+        if hit is not None:
+            return hit[0], dict(hit[1])
+        candidate, info = self.fallback(weight, m, cpu)
+        return candidate, {**info, "rule": f"{info.get('rule')} ({self.missing})"}
 
-    def _load(self) -> dict:
-        if self.cache_file and self.cache_file.is_file():
-            try:
-                return json.loads(self.cache_file.read_text())
-            except ValueError:
-                return {}  # a torn write: re-time rather than trust it
-        return {}
 
-    def _save(self) -> None:
-        if self.cache_file:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._table, indent=0))
-            tmp.replace(self.cache_file)
+class SurveyChooser:
+    """Records every (weight, batch) the rewrite asks about -- the layers a plan must cover -- and answers with the
+    rule so the rewrite can go on. ``layers``: ``{layer_key: (weight, m, cpu)}`` in program order."""
 
-    def _key(self, weight: np.ndarray, m: int) -> str:
-        digest = hashlib.sha256(self.fingerprint.encode())
-        digest.update(str(self.target).encode())
-        digest.update(f"{m}:{weight.shape}".encode())
-        digest.update(np.ascontiguousarray(weight).tobytes())
-        return digest.hexdigest()
+    def __init__(self, fallback: Chooser | None = None):
+        self.fallback = fallback or rule_chooser()
+        self.layers: dict[str, tuple[np.ndarray, int, CpuInfo | GpuInfo | None]] = {}
 
-    def time_us(self, candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo) -> float:
-        """Median µs of one call of ``candidate``'s kernel on random input (TVM's time_evaluator)."""
-        import tvm
+    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None) -> tuple[Candidate, dict]:
+        self.layers.setdefault(layer_key(weight, m), (weight, m, cpu))
+        return self.fallback(weight, m, cpu)
 
-        impl = make_kernel(candidate, weight, m, cpu)
-        lib = tvm.compile(impl.func.with_attr("global_symbol", impl.name), target=self.target)
-        dev = tvm.cpu(0)
-        x = np.random.default_rng(0).standard_normal((m, weight.shape[1])).astype(np.float32)
-        args = [tvm.runtime.tensor(a, dev) for a in (x, *impl.consts)]
-        args.append(tvm.runtime.tensor(np.zeros((m, weight.shape[0]), np.float32), dev))
-        timer = lib.jit().time_evaluator(impl.name, dev, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
-        return float(np.median(timer(*args).results)) * 1e6
 
-    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo) -> tuple[Candidate, dict]:
-        if isinstance(cpu, GpuInfo):  # the timing harness here runs CPU kernels only
-            return rule_chooser()(weight, m, cpu)
-        key = self._key(weight, m)
-        timings = self._table.get(key)
-        cached = timings is not None
-        if not cached:
-            timings = {label(c): self.time_us(c, weight, m, cpu) for c in candidates(weight)}
-            self._table[key] = timings
-            self._save()
-        by_label = {label(c): c for c in candidates(weight)}
-        best = min((t, name) for name, t in timings.items() if name in by_label)[1]
-        return by_label[best], {"choice": "measured", "alternatives_us": timings, "cached": cached}
+__all__ = ["Chooser", "PlanChooser", "SurveyChooser", "candidates", "kernel_key", "layer_key", "pattern_digest",
+           "rule_chooser", "weight_digest"]

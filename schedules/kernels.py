@@ -103,7 +103,7 @@ def make_kernel(candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo |
         matrix = nm.to_nm(weight, *block, layout)
         func = nm.nm_func(m, matrix, nm.choose_tiling(m, layout, cpu), ep)
         return KernelImpl("nm", tuple(block), func, (matrix.values, matrix.index), int(matrix.values.size),
-                          int(matrix.nbytes), f"nm_{n}x{k}_{block[0]}of{block[1]}{ep.suffix}")
+                          int(matrix.nbytes), f"nm_{n}x{k}_{block[0]}_{block[1]}{ep.suffix}")
     raise ValueError(f"unknown kernel kind {kind!r}; known: dense, bsr, nm")
 
 

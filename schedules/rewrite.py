@@ -26,7 +26,7 @@ import tvm
 from tvm import relax
 
 from . import bsr, conv, cuda
-from .choose import Chooser, rule_chooser
+from .choose import Chooser, rule_chooser, weight_digest
 from .cpu import NO_EPILOGUE, CpuInfo, Epilogue, cpu_info, is_llvm_cpu
 from .kernels import Candidate, make_kernel
 
@@ -58,6 +58,9 @@ class LayerRecord:
             1x1 conv2d; shape is then [O, I] and batch is B*H*W, the matmul it became) or "conv"
             (any other conv2d with a constant weight, left to TVM; shape [O, I*kh*kw]).
         epilogue: what was fused into the kernel's store: "bias", "relu", "bias+relu" or None.
+        weight: the name the weight had in the source model (its ONNX initializer), the stable key that joins
+            this record to the pruning record of the same layer; None when the caller gave no names.
+        measured_on: for "measured", the device whose timings decided (as the kernel plan names it).
     """
 
     layer: int
@@ -73,6 +76,8 @@ class LayerRecord:
     rule: str | None = None
     op: str = "matmul"
     epilogue: str | None = None
+    weight: str | None = None
+    measured_on: str | None = None
 
     def to_dict(self) -> dict:
         """Plain, JSON-ready dict with the record's fields."""
@@ -85,21 +90,24 @@ def rewrite_module(
     *,
     sparse_min: float = 0.5,
     chooser: Chooser | None = None,
+    names: dict[str, str] | None = None,
 ) -> tuple[tvm.IRModule, list[dict]]:
     """Replace every matmul (and 1x1 conv) with a constant weight by our kernels.
 
-    `chooser` picks each layer's kernel (see `schedules.choose`: `MeasuredChooser` times the
-    candidates on this machine). Without one, `rule_chooser(sparse_min)` decides: an N:M weight
+    `chooser` picks each layer's kernel (see `schedules.choose`: `PlanChooser` follows a kernel
+    plan measured on the device). Without one, `rule_chooser(sparse_min)` decides: an N:M weight
     gets the N:M kernel, a weight whose fraction of zeros is >= `sparse_min` a BSR kernel with
     the block shape from `bsr.choose_block`, any other the packed dense kernel. CUDA targets get
     our CUDA dense and BSR kernels (`schedules.cuda`; 1x1 convs stay with TVM there); for any
-    other target the module is returned unchanged, with "default" records.
+    other target the module is returned unchanged, with "default" records. `names` maps
+    `weight_digest` of a layer's [N, K] weight to the weight's name in the source model; each
+    record's ``weight`` is looked up there.
 
     Returns:
         (new module, one `LayerRecord.to_dict()` per constant-weight matmul or conv2d, in
         program order -- the layers `harness.sparsify` prunes, in the same order).
     """
-    rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min))
+    rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min), names or {})
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.uses = _use_counts(func)
@@ -155,8 +163,9 @@ class _Emitted:
 class _MatmulRewriter(relax.PyExprMutator):
     """Rewrites matched matmuls in place; collects LayerRecords and the kernels it added."""
 
-    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, chooser: Chooser):
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, chooser: Chooser, names: dict[str, str]):
         super().__init__(mod)
+        self.names = names
         # what make_kernel needs about the target: CpuInfo (LLVM CPU), GpuInfo (CUDA) or None (left to TVM)
         self.cpu = cpu_info(target) if is_llvm_cpu(target) else cuda.gpu_info(target) if cuda.is_cuda(target) else None
         self.chooser = chooser
@@ -341,7 +350,7 @@ class _MatmulRewriter(relax.PyExprMutator):
         return relax.call_tir(gvar, args, out_ty=relax.TensorType((m, n), "float32"))
 
     def _record(self, weight, batch, kernel, block, nnz_blocks, weight_bytes, *, op="matmul", choice="none",
-                alternatives_us=None, rule=None, cached=None) -> None:
+                alternatives_us=None, rule=None, cached=None, measured_on=None) -> None:
         self.records.append(
             LayerRecord(
                 layer=len(self.records),
@@ -356,5 +365,7 @@ class _MatmulRewriter(relax.PyExprMutator):
                 alternatives_us=alternatives_us,
                 rule=rule,
                 op=op,
+                weight=self.names.get(weight_digest(weight)) if self.names else None,
+                measured_on=measured_on,
             )
         )

@@ -1,17 +1,9 @@
-"""Per-layer kernel choice: candidates, measured choice (real timings on this machine), cache, rule fallback."""
+"""Per-layer kernel choice: candidates, the rule, the plan chooser (measurement itself: tests/test_select.py)."""
 
 import numpy as np
 
-from harness.config import load_target
-from schedules.choose import MeasuredChooser, rule_chooser
-from schedules.cpu import cpu_info
+from schedules.choose import PlanChooser, layer_key, kernel_key, rule_chooser
 from schedules.kernels import candidates, label
-
-
-def _target():
-    import tvm
-
-    return tvm.target.Target(load_target("local").tvm_target)
 
 
 def _block_sparse(n, k, block, sparsity, seed=0):
@@ -26,19 +18,6 @@ def test_candidates_follow_the_sparsity_pattern():
     w = _block_sparse(64, 32, (16, 1), 0.9)
     names = [label(c) for c in candidates(w)]
     assert names[0] == "dense" and "bsr 16x1" in names and "bsr 1x1" in names
-
-
-def test_measured_choice_times_every_candidate_and_caches(tmp_path):
-    target = _target()
-    w = _block_sparse(512, 512, (16, 1), 0.95)
-    chooser = MeasuredChooser(target, cache_file=tmp_path / "t.json", fingerprint="x")
-    choice, info = chooser(w, 1, cpu_info(target))
-    assert info["choice"] == "measured" and not info["cached"]
-    assert set(info["alternatives_us"]) == {label(c) for c in candidates(w)}
-    assert all(t > 0 for t in info["alternatives_us"].values())
-    assert label(choice) == min(info["alternatives_us"], key=info["alternatives_us"].get)
-    again = MeasuredChooser(target, cache_file=tmp_path / "t.json", fingerprint="x")
-    assert again(w, 1, cpu_info(target))[1]["cached"] is True
 
 
 def test_rule_choice_says_it_was_not_measured():
@@ -58,3 +37,22 @@ def test_nm_candidate_only_for_nm_weights():
     choice, info = rule_chooser(0.5)(w24, 1, None)
     assert choice == ("nm", (2, 4)) and "2:4" in info["rule"]
     assert label(choice) == "nm 2:4"
+
+
+def test_plan_chooser_follows_the_plan_and_names_what_it_lacks():
+    w = _block_sparse(64, 32, (16, 1), 0.9)
+    table = {layer_key(w, 4): (("bsr", (4, 1)), {"choice": "measured", "alternatives_us": {"bsr 4x1": 1.0}})}
+    choice, info = PlanChooser(table)(w, 4, None)
+    assert choice == ("bsr", (4, 1)) and info["choice"] == "measured"
+    choice, info = PlanChooser(table)(w, 8, None)  # another batch: not in the plan -> the rule, saying so
+    assert info["choice"] == "rule" and "not in the kernel plan" in info["rule"]
+
+
+def test_keys_depend_on_the_pattern_not_the_values():
+    w = _block_sparse(64, 32, (16, 1), 0.9)
+    scaled = w * 3.0
+    assert layer_key(w, 1) == layer_key(scaled, 1) != layer_key(w, 2)
+    assert kernel_key(("bsr", (16, 1)), w, 1) == kernel_key(("bsr", (16, 1)), scaled, 1)
+    other = _block_sparse(64, 32, (16, 1), 0.9, seed=1)
+    assert kernel_key(("bsr", (16, 1)), w, 1) != kernel_key(("bsr", (16, 1)), other, 1)
+    assert kernel_key(("dense", None), w, 1) == kernel_key(("dense", None), other, 1)  # dense: shape only

@@ -78,5 +78,5 @@ def test_nm_pruning_keeps_n_largest_per_group(small_model, tmp_path):
     with pytest.raises(HarnessError, match="0 < N < M"):
         parse_method("nm:4:4")
     v = make_variant("small", small_model[0], method, method.fixed_level, tmp_path, prune_last=True)
-    assert v.block_str == "2:4" and v.key == "small/nm-2of4/0.5"
+    assert v.block_str == "2:4" and v.key == "small/nm-2:4/0.5"
     assert all(abs(l.sparsity_actual - 0.5) < 1e-9 for l in v.layers)

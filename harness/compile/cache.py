@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -9,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import ROOT, cache_dir
+from .plan import KernelPlan
 
 SCHEDULES_DIR = ROOT / "schedules"
 #: Bumped when the way artifacts are built changes in a way the hashed inputs do not capture.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,15 @@ class BuildRequest:
     input_shape: tuple[int, ...]
     target: dict  # TVM target dict
     kernels: str = "ours"  # "ours": schedules/ rewrite; "tvm-default": TVM's default pipeline only
-    choose: str = "measure"  # per-layer kernel choice: "measure" (time candidates here = the device) or "rule"
     toolchain: str = "native"  # the profile's [build].toolchain: what links the artifact (compile/toolchains.py)
+    plan: KernelPlan | None = None  # per-layer kernel choices (compile/select.py); None: the rule decides
+
+    @property
+    def survey_key(self) -> str:
+        """What decides which layers (and so which kernel choices) a build has: model, shape, target, kernels."""
+        material = {"onnx": self.onnx_sha256, "input": [self.input_name, list(self.input_shape)],
+                    "target": self.target, "schedules": schedules_hash()}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,10 @@ class BuildResult:
     notes: tuple[str, ...] = ()  # what the board needs to load it (e.g. CUDA kernels shipped as source)
 
 
+@functools.lru_cache(maxsize=1)
 def schedules_hash() -> str:
-    """Hash of every source file in ``schedules/``: an edited kernel invalidates cached artifacts."""
+    """Hash of every source file in ``schedules/``: an edited kernel invalidates cached artifacts. Read once per
+    process: the kernels this process builds are the ones it imported, whatever happens to the files later."""
     digest = hashlib.sha256()
     if SCHEDULES_DIR.is_dir():
         for path in sorted(SCHEDULES_DIR.rglob("*.py")):
@@ -56,15 +67,15 @@ def schedules_hash() -> str:
 
 
 def build_key(req: BuildRequest, tvm_version: str, linker: str = "") -> str:
-    """Content address of an artifact: model bytes, input shape, target, kernels, schedule sources, TVM version,
-    toolchain (``linker``: the resolved linker and CUDA mode, ``Toolchain.identity``)."""
+    """Content address of an artifact: model bytes, input shape, target, kernels and their per-layer choices,
+    schedule sources, TVM version, toolchain (``linker``: the resolved linker and CUDA mode, ``Toolchain.identity``)."""
     material = {
         "format": BUILD_FORMAT,
         "onnx": req.onnx_sha256,
         "input": [req.input_name, list(req.input_shape)],
         "target": req.target,
         "kernels": req.kernels,
-        "choose": req.choose if req.kernels == "ours" else "",
+        "plan": (req.plan.choice_digest() if req.plan else "rule") if req.kernels == "ours" else "",
         "schedules": schedules_hash() if req.kernels == "ours" else "",
         "tvm": tvm_version,
         "toolchain": [req.toolchain, linker],

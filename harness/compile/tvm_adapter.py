@@ -11,14 +11,8 @@ import time
 import traceback
 
 from ..errors import HarnessError
-from ..paths import cache_dir
-from .cache import ArtifactCache, BuildRequest, BuildResult, build_key, schedules_hash
+from .cache import ArtifactCache, BuildRequest, BuildResult, build_key
 
-# TVM sizes its thread pool once, on first use, from TVM_NUM_THREADS or else half the logical CPUs (it assumes
-# SMT on x86): one thread on a 2-vCPU VM. Kernel timings taken here for the per-layer choice must use the
-# same thread count the device runner uses (all available cores).
-if hasattr(os, "sched_getaffinity"):
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def tvm_version() -> str:
@@ -52,24 +46,82 @@ def make_target(target: dict):
     return tvm.target.Target(target)
 
 
-def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dict]:
+def import_onnx(req: BuildRequest):
+    """The variant's ONNX as a Relax module at the request's static input shape (weights as constants), plus the
+    ``onnx.ModelProto``."""
     import onnx
-    import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     model = onnx.load(str(req.onnx_path))
     mod = from_onnx(model, shape_dict={req.input_name: list(req.input_shape)}, keep_params_in_input=False)
+    return mod, model
+
+
+def weight_names(model) -> dict[str, str]:
+    """``{schedules.choose.weight_digest([N, K] view): initializer name}`` for every weight a layer may use, in
+    each orientation the importer may hand to the rewrite (as stored, transposed, conv [O, I*kh*kw])."""
+    from onnx import numpy_helper
+
+    from schedules.choose import weight_digest
+
+    names: dict[str, str] = {}
+    for init in model.graph.initializer:
+        if len(init.dims) < 2:
+            continue
+        array = numpy_helper.to_array(init)
+        views = (array, array.T) if array.ndim == 2 else (array.reshape(array.shape[0], -1),)
+        for view in views:
+            names.setdefault(weight_digest(view), init.name)
+    return names
+
+
+def survey(req: BuildRequest) -> list[tuple[str, object, int, object]]:
+    """The layers a build of ``req`` will ask kernels for: ``(layer_key, weight [N, K], batch M, cpu)`` each, in
+    program order (``cpu`` is the target's ``CpuInfo``, or a ``GpuInfo`` for CUDA). Compiles nothing."""
+    from schedules import rewrite_module
+    from schedules.choose import SurveyChooser
+
+    mod, _ = import_onnx(req)
+    chooser = SurveyChooser()
+    rewrite_module(mod, make_target(req.target), chooser=chooser)
+    return [(key, weight, m, cpu) for key, (weight, m, cpu) in chooser.layers.items()]
+
+
+def export_bundle(kernels, cpu, target: dict, toolchain, out_dir) -> tuple[str, str, list[dict]]:
+    """Compile a timing bundle (``schedules.bundle``) for ``target`` with the profile's ``toolchain`` into
+    ``out_dir``: returns (library path, arrays ``.npz`` path, the timer's kernel specs)."""
+    import numpy as np
+
+    from schedules.bundle import timing_bundle
+
+    mod, arrays, specs = timing_bundle(kernels, cpu)
+    ex = tvm_compile(mod, target)
+    lib = os.path.join(str(out_dir), "kernels.so")
+    _export(ex, lib, toolchain, None, make_target(target))
+    npz = os.path.join(str(out_dir), "kernels.npz")
+    np.savez_compressed(npz, **arrays)
+    return lib, npz, specs
+
+
+def tvm_compile(mod, target: dict):
+    import tvm
+
+    return tvm.compile(mod, target=make_target(target))
+
+
+def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dict]:
+    import tvm
+
+    mod, model = import_onnx(req)
     target = make_target(req.target)
     layers: list[dict] = []
     if req.kernels == "ours":
         from schedules import rewrite_module
-        from schedules.choose import MeasuredChooser
+        from schedules.choose import PlanChooser
 
-        chooser = None  # None: the rule in schedules (used when this machine is not the device)
-        if req.choose == "measure":
-            chooser = MeasuredChooser(target, cache_file=cache_dir() / "kernel_timings.json",
-                                      fingerprint=schedules_hash())
-        mod, layers = rewrite_module(mod, target, chooser=chooser)
+        # the plan's choices were measured on the device (compile/select.py); nothing is timed here
+        chooser = PlanChooser(req.plan.table()) if req.plan is not None else None
+        mod, layers = rewrite_module(mod, target, chooser=chooser, names=weight_names(model))
     ex = tvm.compile(mod, target=target)
     _export(ex, out_path, toolchain, cuda, target)
     return [dict(layer) for layer in layers]
@@ -127,8 +179,6 @@ def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
 
     ``req.toolchain`` links it (``compile/toolchains.py``); a CUDA target's kernels are compiled ahead to a fatbin
     when nvcc knows the GPU, else shipped as source (``notes`` says what the board then needs)."""
-    from dataclasses import replace
-
     from .toolchains import cuda_plan, find_toolchain
 
     cache = cache or ArtifactCache()
@@ -138,8 +188,6 @@ def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
     except HarnessError as err:
         return BuildResult(key="", artifact=None, artifact_bytes=None, compile_s=None, cached=False,
                            tvm_version=version, error=f"toolchain: {err}")
-    if toolchain.cross and req.choose == "measure":
-        req = replace(req, choose="rule")  # kernels cannot be timed here when this machine is not the device
     cuda = cuda_plan(req.target["arch"]) if req.target.get("kind") == "cuda" else None
     linker = toolchain.identity + (f"+{cuda.identity}" if cuda else "")
     notes = [cuda.note] if cuda else []
@@ -161,7 +209,9 @@ def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
     tmp.replace(lib)
     request = {"onnx_path": str(req.onnx_path), "onnx_sha256": req.onnx_sha256, "input_name": req.input_name,
                "input_shape": list(req.input_shape), "target": req.target, "kernels": req.kernels,
-               "choose": req.choose, "toolchain": req.toolchain}
-    cache.store(key, compile_s, layers, version, {"toolchain": linker, "notes": notes, "request": request})
+               "toolchain": req.toolchain}
+    plan = req.plan.to_json() if req.plan is not None else None
+    cache.store(key, compile_s, layers, version, {"toolchain": linker, "notes": notes, "request": request,
+                                                  "plan": plan})
     return BuildResult(key=key, artifact=lib, artifact_bytes=lib.stat().st_size, compile_s=compile_s, cached=False,
                        layers=tuple(layers), tvm_version=version, toolchain=linker, notes=tuple(notes))

@@ -83,14 +83,17 @@ def resolve_artifact(text: str | Path) -> Path:
 
 def _request(artifact: Path) -> dict | None:
     try:
-        return json.loads((artifact.parent / "build.json").read_text()).get("request")
+        meta = json.loads((artifact.parent / "build.json").read_text())
     except (OSError, ValueError):
         return None
+    request = meta.get("request")
+    return {**request, "plan": meta.get("plan")} if isinstance(request, dict) else None
 
 
 def _host_build(req: dict, log) -> Path:
     """The same variant compiled for this machine (the `local` profile's target, native linker)."""
     from ..compile.cache import BuildRequest
+    from ..compile.plan import KernelPlan
     from ..compile.tvm_adapter import build
     from ..config import load_target
 
@@ -99,8 +102,10 @@ def _host_build(req: dict, log) -> Path:
         raise HarnessError(f"host build: the variant's model {onnx_path} is gone (caches cleared?); rebuild the "
                            "artifact with `sparsebench run`, or pass --reference HOST_MODEL.so")
     log("building the same variant for this machine")
+    # the artifact's own kernel plan: the host build uses the same kernel for every layer
+    plan = KernelPlan.from_json(req["plan"]) if req.get("plan") else None
     built = build(BuildRequest(onnx_path, req["onnx_sha256"], req["input_name"], tuple(req["input_shape"]),
-                               load_target("local").tvm_target, req.get("kernels", "ours"), "rule", "native"))
+                               load_target("local").tvm_target, req.get("kernels", "ours"), "native", plan))
     if built.error:
         raise HarnessError(f"host build: {built.error}")
     return built.artifact

@@ -51,10 +51,10 @@ class Variant:
 
     @property
     def key(self) -> str:
-        """Stable name of the variant inside a run, e.g. ``digits-mlp/block-16x1/0.9``."""
+        """Stable name of the variant inside a run, e.g. ``digits-mlp/block-16x1/0.9`` or ``ffn-768/nm-2:4/0.5``."""
         if self.method == "dense":
             return f"{self.model}/dense/0"
-        label = self.method if not self.block else f"{self.method}-{self.block_str.replace(':', 'of')}"
+        label = self.method if not self.block else f"{self.method}-{self.block_str}"
         return f"{self.model}/{label}/{self.sparsity_target:g}"
 
     @property
