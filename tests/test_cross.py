@@ -167,12 +167,12 @@ name = "digits-mlp"
     rows = store.results(store.resolve_run(None))
     assert len(rows) == 2
     for row in rows:
-        assert row["verdict"] != "ERROR", row.get("error")
-        assert row["device_meta"]["machine"] == "aarch64" and row["transport"] == "ssh"
-        artifact = ArtifactCache().root / row["artifact_key"][:32] / "model.so"
+        assert row.verdict != "ERROR", row.error
+        assert row.device_meta.machine == "aarch64" and row.transport == "ssh"
+        artifact = ArtifactCache().root / row.artifact_key[:32] / "model.so"
         assert elf_machine(artifact) == "aarch64"
-    dense = next(r for r in rows if r["method"] == "dense")
-    assert dense["accuracy"] > 0.9
+    dense = next(r for r in rows if r.method == "dense")
+    assert dense.accuracy > 0.9
 
 
 # ---------------------------------------------------------------------------------------------------------------
