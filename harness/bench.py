@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from .config import RunConfig, TargetProfile, load_target
 from .errors import HarnessError
 from .models.onnx_io import LoadedModel, load_model, read_onnx
 from .paths import cache_dir
+from .records import BuildRecord, DeviceMeta, EnergyRecord, ResultRow, join_layers
 from .sparsify import Variant, make_variant
 
 ENERGY_NOT_MEASURED = "unavailable: not measured (the variant did not run)"
@@ -92,22 +93,6 @@ def host_metadata() -> dict:
             "argv": sys.argv, "harness": __version__}
 
 
-def _layers(job: Job, choices: tuple[dict, ...]) -> list[dict]:
-    """Per layer: pruning record merged with the kernel the compiler chose for it (matched in graph order)."""
-    out = []
-    for i, layer in enumerate(job.variant.layers):
-        record = layer.to_dict()
-        record["shape"] = list(layer.shape)
-        choice = choices[i] if i < len(choices) else {}
-        record["kernel"] = choice.get("kernel", "default")
-        record["block"] = choice.get("block")
-        for key in ("choice", "alternatives_us", "rule", "measured_on", "weight"):
-            if choice.get(key) is not None:
-                record[key] = choice[key]
-        out.append(record)
-    return out
-
-
 class Benchmark:
     """Runs the jobs of one config against one target, writing each result to the store as it is measured."""
 
@@ -166,7 +151,7 @@ class Benchmark:
             for job in todo:
                 row = self.run_one(run_id, job, transport, cache, selection)
                 counts["done"] += 1
-                counts["errors"] += row["verdict"] == "ERROR"
+                counts["errors"] += row.verdict == "ERROR"
                 if self.progress:
                     self.progress.advance(job.key, row)
         return counts
@@ -196,9 +181,7 @@ class Benchmark:
                                                                  else ""), file=sys.stderr)
         return selection
 
-    def run_one(self, run_id: str, job: Job, transport, cache, selection=None) -> dict:
-        from dataclasses import replace
-
+    def run_one(self, run_id: str, job: Job, transport, cache, selection=None) -> ResultRow:
         from .compile.tvm_adapter import build
         from .device.session import run_on_device
         from .measure import latency_stats, quality_figures, verdict
@@ -210,30 +193,31 @@ class Benchmark:
         if selection is not None:
             req = replace(req, plan=selection.plan_for(req))
         built = build(req, cache)
-        row = {
-            "run_id": run_id, "variant_key": job.key, "device": self.device, "model": job.variant.model,
-            "model_sha256": job.model.sha256, "variant_sha256": job.variant.sha256, "method": job.variant.method,
-            "sparsity_target": job.variant.sparsity_target, "sparsity_actual": job.variant.sparsity_actual,
-            "block": job.variant.block_str, "batch": job.batch, "target": self.profile.name,
-            "target_json": self.profile.tvm_target, "transport": transport.name,
-            "energy_status": ENERGY_NOT_MEASURED, "artifact_key": built.key, "artifact_bytes": built.artifact_bytes,
-            "compile_s": built.compile_s, "tvm_version": built.tvm_version, "layers": _layers(job, built.layers),
-            "overhead": {"compile_cached": built.cached}, "reasons": [],
-        }
+        # An ERROR row until measured: every early return below stores it with the stage's error.
+        row = ResultRow(
+            run_id=run_id, variant_key=job.key, device=self.device, model=job.variant.model,
+            model_sha256=job.model.sha256, variant_sha256=job.variant.sha256, method=job.variant.method,
+            sparsity_target=job.variant.sparsity_target, sparsity_actual=job.variant.sparsity_actual,
+            block=job.variant.block_str, batch=job.batch, target=self.profile.name,
+            target_json=self.profile.tvm_target, transport=transport.name, energy_status=ENERGY_NOT_MEASURED,
+            layers=join_layers(job.variant.layers, built.layers), overhead={"compile_cached": built.cached},
+            verdict="ERROR", error=built.error,
+        ).with_build(BuildRecord.from_result(built))
         if built.error:
-            row.update(verdict="ERROR", error=built.error)
             self.store.add_result(row)
             return row
         if self.progress:
             self.progress.step(f"run {job.key}")
         dev = run_on_device(transport, artifact=built.artifact, eval_x=job.model.eval_x, batch=job.batch, measure=m,
                             python=self.python, label=job.key)
-        row["overhead"].update({f"{k}_s": v for k, v in dev.steps_s.items()})
+        overhead = {**row.overhead, **{f"{k}_s": v for k, v in dev.steps_s.items()}}
         if dev.result:
-            row["device_meta"] = dev.result.get("device_meta")
-            row["overhead"].update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
+            overhead.update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
+            meta = dev.result.get("device_meta")
+            row = replace(row, device_meta=DeviceMeta.from_json(meta) if meta else None)
+        row = replace(row, overhead=overhead)
         if dev.error:
-            row.update(verdict="ERROR", error=dev.error)
+            row = replace(row, error=dev.error)
             self.store.add_result(row)
             return row
 
@@ -248,17 +232,14 @@ class Benchmark:
                                   ref_rtol=m.ref_rtol, max_outliers=m.max_outliers)
         if why_none:
             reasons.append(f"reference evaluation failed: {why_none}")
-        row.update(
-            latency_p50_ms=stats.p50_ms, latency_p90_ms=stats.p90_ms, latency_p99_ms=stats.p99_ms,
-            latency_mean_ms=stats.mean_ms, latency_std_ms=stats.std_ms, latency_min_ms=stats.min_ms,
-            latency_max_ms=stats.max_ms, latency_cv=stats.cv, latency_cv_all=stats.cv_all, n_outliers=stats.n_outliers, n_iter=stats.n, warmup_runs=result["warmup_runs"],
+        energy = EnergyRecord.from_json(result.get("energy")
+                                        or {"status": "unavailable: the runner reported no energy record"})
+        row = replace(
+            row.with_latency(stats).with_energy(energy), warmup_runs=result["warmup_runs"],
             accuracy=quality.accuracy, top1_agreement=quality.top1_agreement, max_abs_err=quality.max_abs_err,
             ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
-            reasons=reasons,
+            reasons=tuple(reasons), error=None,
         )
-        energy = result.get("energy") or {"status": "unavailable: the runner reported no energy record"}
-        row.update(energy=energy, energy_status=energy.get("status"),
-                   energy_mj=energy.get("energy_per_inference_mj") if energy.get("status") == "ok" else None)
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row
 

@@ -50,13 +50,14 @@ class Progress:
     def step(self, text: str) -> None:
         self._bar.update(self._task, description=text)
 
-    def advance(self, key: str, row: dict) -> None:
+    def advance(self, key: str, row) -> None:
+        """One finished :class:`harness.records.ResultRow`: printed when it is not VALID."""
         from rich.markup import escape  # messages contain "[measure]" etc., which rich would eat as markup
 
-        if row["verdict"] == "ERROR":
-            self.console.print(f"[red]ERROR[/red] {escape(key)}: {escape(row['error'])}")
-        elif row["verdict"] == "INVALID":
-            self.console.print(f"[yellow]INVALID[/yellow] {escape(key)}: {escape('; '.join(row['reasons']))}")
+        if row.verdict == "ERROR":
+            self.console.print(f"[red]ERROR[/red] {escape(key)}: {escape(row.error or '')}")
+        elif row.verdict == "INVALID":
+            self.console.print(f"[yellow]INVALID[/yellow] {escape(key)}: {escape('; '.join(row.reasons))}")
         self._bar.advance(self._task)
 
 
@@ -92,13 +93,13 @@ def _write_report(store, run_id: str, out: Path) -> None:
     from .report import write_report
 
     rows = store.results(run_id)
-    samples = {r["variant_key"]: [v / 1e6 for v in store.samples(r["id"])] for r in rows if r["verdict"] != "ERROR"}
+    samples = {r.variant_key: [v / 1e6 for v in store.samples(r.id)] for r in rows if r.verdict != "ERROR"}
     run = store.get_run(run_id)
     run_info = {"run_id": run_id, "name": run["name"], "created_at": run["created_at"], "target": run["target"],
                 "tvm_target": run["target_json"]}
-    device_meta = next((r["device_meta"] for r in rows if r.get("device_meta")), None)
+    device_meta = next((r.device_meta for r in rows if r.device_meta), None)
     if device_meta:
-        run_info["device"] = device_meta
+        run_info["device"] = device_meta.to_json()
     paths = write_report(rows, out, title=f"sparsebench report — run {run_id}", samples=samples, run_info=run_info)
     print(f"report: {paths['html']}", file=sys.stderr)
 
@@ -158,7 +159,7 @@ def cmd_results(args) -> int:
                           str(r["n_valid"] or 0), str(r["n_invalid"] or 0), str(r["n_error"] or 0))
         Console().print(table)
         return 0
-    from .report import CSV_COLUMNS, write_csv
+    from .report import write_csv, write_csv_stream
 
     run_id = store.resolve_run(args.run_id)
     rows = store.results(run_id)
@@ -169,11 +170,7 @@ def cmd_results(args) -> int:
             raise HarnessError(f"cannot write {args.csv}: {err.strerror}; choose another path") from None
         print(f"{len(rows)} rows of run {run_id} -> {args.csv}", file=sys.stderr)
     else:
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({**r, "run_id": run_id} for r in rows)
+        write_csv_stream(rows, sys.stdout)
     return 0
 
 

@@ -167,18 +167,18 @@ name = "digits-mlp"
     rows = store.results(store.resolve_run(None))
     assert len(rows) == 2
     for row in rows:
-        assert row["verdict"] != "ERROR", row.get("error")
-        assert row["device_meta"]["machine"] == "aarch64" and row["transport"] == "ssh"
-        artifact = ArtifactCache().root / row["artifact_key"][:32] / "model.so"
+        assert row.verdict != "ERROR", row.error
+        assert row.device_meta.machine == "aarch64" and row.transport == "ssh"
+        artifact = ArtifactCache().root / row.artifact_key[:32] / "model.so"
         assert elf_machine(artifact) == "aarch64"
-    dense = next(r for r in rows if r["method"] == "dense")
-    assert dense["accuracy"] > 0.9
+    dense = next(r for r in rows if r.method == "dense")
+    assert dense.accuracy > 0.9
     # kernels were chosen by timings taken on the (emulated) Pi through the same ssh transport, not on this host
-    sparse = next(r for r in rows if r["method"] == "block")
-    layers = [layer for layer in sparse["layers"] if layer.get("choice")]
-    assert layers and all(layer["choice"] == "measured" for layer in layers), sparse["layers"]
-    assert all("aarch64" in layer["measured_on"] and "127.0.0.1" in layer["measured_on"] for layer in layers)
-    assert all(set(layer["alternatives_us"]) >= {"dense"} for layer in layers)
+    sparse = next(r for r in rows if r.method == "block")
+    layers = [layer for layer in sparse.layers if layer.choice != "none"]
+    assert layers and all(layer.choice == "measured" for layer in layers), sparse.layers
+    assert all("aarch64" in layer.measured_on and "127.0.0.1" in layer.measured_on for layer in layers)
+    assert all(set(layer.alternatives_us) >= {"dense"} for layer in layers)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ import csv
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from harness.records import LayerRecord, ResultRow
 from harness.report import CSV_COLUMNS, pareto_front, write_csv, write_report
-from harness.report.tables import SPEEDUP, group_rows
+from harness.report.tables import group_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERROR_MESSAGE = "compile: <bsr> kernel failed & gave up \"badly\""
@@ -19,37 +21,34 @@ ERROR_MESSAGE = "compile: <bsr> kernel failed & gave up \"badly\""
 
 def make_row(model: str, method: str, sparsity: float, *, block: str = "", batch: int = 1, p50: float | None = 10.0,
              accuracy: float | None = None, top1: float | None = None, verdict: str = "VALID", error: str = "",
-             reasons: list[str] | None = None) -> dict:
-    """One result row with every CSV column plus the report's extra keys."""
+             reasons: tuple[str, ...] = ()) -> ResultRow:
+    """One result row with every CSV column set (None where not measured)."""
     measured = p50 is not None
     key = f"{model}/{method}{'-' + block if block else ''}/s{sparsity}/b{batch}"
-    row = {c: None for c in CSV_COLUMNS}
-    row.update({
-        "run_id": "run-1", "model": model, "method": method, "sparsity_target": sparsity,
-        "sparsity_actual": sparsity - 0.01 if sparsity else 0.0, "block": block, "batch": batch, "target": "x86",
-        "device": "laptop", "transport": "local", "latency_p50_ms": p50,
-        "latency_p90_ms": p50 * 1.1 if measured else None, "latency_p99_ms": p50 * 1.3 if measured else None,
-        "latency_mean_ms": p50 * 1.02 if measured else None, "latency_cv": 0.02 if measured else None,
-        "n_iter": 50 if measured else None, "accuracy": accuracy, "top1_agreement": top1,
-        "max_abs_err": 1e-3 * sparsity if measured else None, "energy_mj": None,
-        "energy_status": "unavailable: no power sensor", "artifact_bytes": 123456, "peak_rss_mb": 55.5,
-        "verdict": verdict, "error": error,
-        "variant_key": key, "reasons": reasons or [], "compile_s": 1.5,
-        "layers": [{"layer": "fc1", "shape": [256, 784], "sparsity_target": sparsity,
-                    "sparsity_actual": sparsity, "kernel": "bsr" if block else "dense",
-                    "block": [16, 1] if block else None}],
-    })
-    return row
+    return ResultRow(
+        run_id="run-1", variant_key=key, model=model, method=method, sparsity_target=sparsity,
+        sparsity_actual=sparsity - 0.01 if sparsity else 0.0, block=block, batch=batch, target="x86",
+        target_json={"kind": "llvm"}, device="laptop", transport="local", latency_p50_ms=p50,
+        latency_p90_ms=p50 * 1.1 if measured else None, latency_p99_ms=p50 * 1.3 if measured else None,
+        latency_mean_ms=p50 * 1.02 if measured else None, latency_cv=0.02 if measured else None,
+        n_iter=50 if measured else None, accuracy=accuracy, top1_agreement=top1,
+        max_abs_err=1e-3 * sparsity if measured else None, energy_mj=None,
+        energy_status="unavailable: no power sensor", artifact_bytes=123456, peak_rss_mb=55.5,
+        verdict=verdict, error=error or None, reasons=reasons, compile_s=1.5,
+        layers=(LayerRecord(layer="fc1", weight="fc1.weight", shape=(256, 784), sparsity_target=sparsity,
+                            sparsity_actual=sparsity, kernel="bsr" if block else "dense",
+                            block=(16, 1) if block else None),),
+    )
 
 
-def synthetic_rows() -> list[dict]:
+def synthetic_rows() -> list[ResultRow]:
     """mlp (labels): dense + unstructured + block 16x1 at 0.5/0.9, one ERROR, one INVALID.
     tiny (no labels): dense + unstructured + block 16x1 at 0.5/0.9."""
     rows = [make_row("mlp", "dense", 0.0, p50=10.0, accuracy=0.95, top1=1.0)]
     for s, p50, acc in ((0.5, 8.0, 0.94), (0.9, 4.0, 0.90)):
         rows.append(make_row("mlp", "unstructured", s, p50=p50 * 1.5, accuracy=acc, top1=0.98))
         rows.append(make_row("mlp", "block", s, block="16x1", p50=p50, accuracy=acc - 0.01, top1=0.97))
-    rows[-1].update(verdict="INVALID", reasons=["CV 12% > 5%: noisy machine, pin the governor"])
+    rows[-1] = replace(rows[-1], verdict="INVALID", reasons=("CV 12% > 5%: noisy machine, pin the governor",))
     rows.append(make_row("mlp", "block", 0.95, block="16x1", p50=None, verdict="ERROR", error=ERROR_MESSAGE))
     rows.append(make_row("tiny", "dense", 0.0, p50=2.0, top1=1.0))
     for s, p50 in ((0.5, 1.8), (0.9, 1.2)):
@@ -58,9 +57,9 @@ def synthetic_rows() -> list[dict]:
     return rows
 
 
-def samples_for(rows: list[dict]) -> dict[str, list[float]]:
-    return {r["variant_key"]: [r["latency_p50_ms"] * (1 + 0.01 * i) for i in range(-5, 6)]
-            for r in rows if r["latency_p50_ms"] is not None}
+def samples_for(rows: list[ResultRow]) -> dict[str, list[float]]:
+    return {r.variant_key: [r.latency_p50_ms * (1 + 0.01 * i) for i in range(-5, 6)]
+            for r in rows if r.latency_p50_ms is not None}
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +127,11 @@ def test_unavailable_is_na_not_zero(report):
 
 
 def test_speedup_is_dense_p50_over_variant_p50():
-    groups = {g.model: g for g in group_rows(synthetic_rows())}
-    rows = {r["variant_key"]: r for r in groups["mlp"].rows}
-    assert rows["mlp/block-16x1/s0.5/b1"][SPEEDUP] == pytest.approx(10.0 / 8.0)
-    assert rows["mlp/dense/s0.0/b1"][SPEEDUP] == pytest.approx(1.0)
-    assert rows["mlp/block-16x1/s0.95/b1"][SPEEDUP] is None  # the ERROR row
+    mlp = {g.model: g for g in group_rows(synthetic_rows())}["mlp"]
+    rows = {r.variant_key: r for r in mlp.rows}
+    assert mlp.speedup(rows["mlp/block-16x1/s0.5/b1"]) == pytest.approx(10.0 / 8.0)
+    assert mlp.speedup(rows["mlp/dense/s0.0/b1"]) == pytest.approx(1.0)
+    assert mlp.speedup(rows["mlp/block-16x1/s0.95/b1"]) is None  # the ERROR row
 
 
 def test_pareto_front_hand_made():
@@ -153,10 +152,11 @@ def test_all_error_group_does_not_crash(tmp_path):
 
 
 def test_write_csv_standalone(tmp_path):
-    path = write_csv([{"model": "m", "verdict": "VALID", "extra": 1}], tmp_path / "sub" / "r.csv")
+    path = write_csv([make_row("m", "dense", 0.0)], tmp_path / "sub" / "r.csv")
     header, line = path.read_text(encoding="utf-8").splitlines()
-    assert header.split(",") == CSV_COLUMNS and "extra" not in header
-    assert line.split(",")[CSV_COLUMNS.index("model")] == "m"
+    assert header.split(",") == CSV_COLUMNS and "variant_key" not in header
+    cells = dict(zip(CSV_COLUMNS, line.split(",")))
+    assert cells["model"] == "m" and cells["latency_p50_ms"] == "10.0" and cells["energy_mj"] == ""
 
 
 def test_import_does_not_load_matplotlib():

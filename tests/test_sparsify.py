@@ -33,6 +33,7 @@ def test_variant_records_per_layer_and_respects_first_last(small_model, tmp_path
     model_path, _ = small_model
     v = make_variant("small", model_path, Method("block", (8, 1)), 0.9, tmp_path, prune_first=False, prune_last=False)
     assert [l.pruned for l in v.layers] == [False, True, False]
+    assert [l.weight for l in v.layers] == ["fc0.weight", "fc1.weight", "fc2.weight"]  # the compiler join's key
     assert v.layers[1].sparsity_target == 0.9 and abs(v.layers[1].sparsity_actual - 0.9) < 0.02
     assert v.layers[0].sparsity_actual == 0.0
     assert v.key == "small/block-8x1/0.9" and v.block_str == "8x1"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
+
+from ..records import LatencyStats
 
 
 #: An outlier is an interruption (a preempted thread, a page-fault storm), not the model's latency: a sample
@@ -12,32 +12,6 @@ import numpy as np
 #: distributions of µs-scale kernels, where Q3 + 3·IQR is only a few percent above the median.
 OUTLIER_FENCE = 3.0
 OUTLIER_MIN_RATIO = 2.0
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Summary of individually timed iterations. Times in milliseconds; CVs unitless (std / mean).
-
-    Percentiles, mean, std, min and max use every sample. ``cv`` is computed without the outliers (above
-    max(Q3 + 3·IQR, 2·p50)) and ``n_outliers`` counts them: on a shared or virtual machine a handful of 100x
-    stalls among thousands of runs would otherwise dominate the std and hide how steady the rest is; the verdict
-    checks the outlier count separately. ``cv_all`` is the plain CV over every sample.
-    """
-
-    n: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    max_ms: float
-    cv: float
-    cv_all: float
-    n_outliers: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _cv(values: np.ndarray) -> float:

@@ -6,23 +6,24 @@ when this package is imported, so ``from harness.report import write_csv`` stays
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from .csv_export import CSV_COLUMNS, write_csv
+from ..records import ResultRow
+from .csv_export import CSV_COLUMNS, write_csv, write_csv_stream
 from .pareto import pareto_front
 from .tables import group_rows
 
-__all__ = ["CSV_COLUMNS", "pareto_front", "write_csv", "write_report"]
+__all__ = ["CSV_COLUMNS", "pareto_front", "write_csv", "write_csv_stream", "write_report"]
 
 
-def write_report(rows: list[dict], out_dir: str | Path, *, title: str = "sparsebench report",
+def write_report(rows: Sequence[ResultRow], out_dir: str | Path, *, title: str = "sparsebench report",
                  samples: dict[str, list[float]] | None = None, run_info: dict | None = None) -> dict[str, Path]:
     """Write ``out_dir/report.html``, ``results.csv``, ``summary.md`` and PNG plots under ``out_dir/plots/``.
 
-    ``rows`` carry every :data:`CSV_COLUMNS` key (``None`` = unavailable) plus ``variant_key``, ``reasons``,
-    ``layers`` and ``compile_s`` (seconds); latencies are in ms, energy in mJ, sizes in bytes, RSS in MB,
-    sparsity/accuracy/agreement/CV as fractions in [0, 1]. ``samples`` maps variant_key to per-iteration
-    latencies in ms. ``run_info`` (run_id, created_at, target, device metadata, ...) fills the environment table.
+    ``rows`` are stored results (units on the :class:`~harness.records.ResultRow` fields; ``None`` =
+    unavailable). ``samples`` maps variant_key to per-iteration latencies in ms. ``run_info`` (run_id,
+    created_at, target, device metadata, ...) fills the environment table.
 
     Returns ``{"html": path, "csv": path, "summary": path, "plots": [paths]}``.
     """

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..records import LayerRecord, ResultRow
 from . import fmt
-from .tables import (COLUMNS, Group, problem_rows, problems_of, row_context, variant_key, verdict_counts,
-                     verdict_of)
+from .tables import COLUMNS, Group, problem_rows, problems_of, row_context, verdict_counts
 
 if TYPE_CHECKING:  # plots imports matplotlib; the page itself only embeds the PNGs it is given
     from .plots import PlotSpec
@@ -38,7 +38,7 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _verdict_section(rows: Sequence[dict]) -> list[str]:
+def _verdict_section(rows: Sequence[ResultRow]) -> list[str]:
     counts = verdict_counts(rows)
     out = ['<section id="verdicts">', "<h2>Verdicts</h2>", '<p class="counts">']
     out += [f'<span class="{_e(v)}">{n} {_e(v)}</span>' for v, n in counts.items()]
@@ -47,8 +47,8 @@ def _verdict_section(rows: Sequence[dict]) -> list[str]:
     if problems:
         out.append("<ul>")
         for row in problems:
-            verdict = verdict_of(row)
-            out.append(f'<li><span class="{_e(verdict)}">{_e(verdict)}</span> <code>{_e(variant_key(row))}</code>'
+            verdict = _e(row.verdict)
+            out.append(f'<li><span class="{verdict}">{verdict}</span> <code>{_e(row.variant_key)}</code>'
                        f" ({_e(row_context(row))})")
             out += [f"<pre>{_e(p)}</pre>" for p in problems_of(row)]
             out.append("</li>")
@@ -59,19 +59,19 @@ def _verdict_section(rows: Sequence[dict]) -> list[str]:
     return out
 
 
-def _results_section(rows: Sequence[dict]) -> list[str]:
+def _results_section(groups: Sequence[Group]) -> list[str]:
     cols = [c for c in COLUMNS if c.name != "quality"]  # accuracy and top-1 have their own columns here
     out = ['<section id="results">', "<h2>Results</h2>", '<table class="results">', "<thead><tr>"]
     out += [f"<th>{_e(c.header)}</th>" for c in cols]
     out.append("</tr></thead><tbody>")
-    for row in rows:
+    for group, row in ((g, r) for g in groups for r in g.rows):
         cells = []
         for c in cols:
-            text = c.cell(row)
-            cls = verdict_of(row) if c.name == "verdict" else ("num" if c.numeric else "")
+            text = c.cell(row, group)
+            cls = row.verdict if c.name == "verdict" else ("num" if c.numeric else "")
             # Hovering the verdict shows why; hovering an unavailable energy shows the sensor status.
-            tip = {"verdict": "; ".join(problems_of(row)) if verdict_of(row) != "VALID" else "",
-                   "energy": row.get("energy_status") or ""}.get(c.name, "")
+            tip = {"verdict": "; ".join(problems_of(row)) if row.verdict != "VALID" else "",
+                   "energy": row.energy_status or ""}.get(c.name, "")
             attrs = (f' class="{_e(cls)}"' if cls else "") + (f' title="{_e(tip)}"' if tip else "")
             cells.append(f"<td{attrs}>{_e(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -98,23 +98,24 @@ def _plots_section(groups: Sequence[Group], figures: Sequence[Sequence[tuple[Plo
     return out
 
 
-def _why(layer: dict) -> str:
-    """Why the compiler picked this layer's kernel: the measured alternatives, or the rule used."""
-    if layer.get("choice") == "measured" and layer.get("alternatives_us"):
-        timed = sorted(layer["alternatives_us"].items(), key=lambda item: item[1])
-        return "measured: " + " · ".join(f"{name} {us:.3g} µs" for name, us in timed)
-    if layer.get("choice") == "rule":
-        return f"rule: {layer.get('rule') or 'n/a'} (device not timed)"
-    return fmt.NA
+def _why(layer: LayerRecord) -> str:
+    """Why the compiler picked this layer's kernel: the candidates timed on the device, or the rule used."""
+    if layer.choice == "measured" and layer.alternatives_us:
+        timed = sorted(layer.alternatives_us.items(), key=lambda item: item[1])
+        where = f" on {layer.measured_on}" if layer.measured_on else ""
+        return f"measured{where}: " + " · ".join(f"{name} {us:.3g} µs" for name, us in timed)
+    if layer.choice == "rule":
+        return f"rule: {layer.rule or 'n/a'}"
+    return "left to TVM's default schedule"
 
 
-def _layers_section(rows: Sequence[dict]) -> list[str]:
+def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
     out = ['<section id="layers">', "<h2>Per-layer sparsity and kernel choice</h2>"]
     for row in rows:
-        layers = row.get("layers") or []
-        verdict = _e(verdict_of(row))
+        layers = row.layers
+        verdict = _e(row.verdict)
         count = f"{len(layers)} layer" + ("" if len(layers) == 1 else "s")
-        out.append(f"<details><summary><code>{_e(variant_key(row))}</code> — "
+        out.append(f"<details><summary><code>{_e(row.variant_key)}</code> — "
                    f'<span class="{verdict}">{verdict}</span> — {count}</summary>')
         if not layers:
             out.append('<p class="note">No per-layer data.</p>')
@@ -122,15 +123,14 @@ def _layers_section(rows: Sequence[dict]) -> list[str]:
             out.append("<table><thead><tr><th>layer</th><th>shape</th><th>sparsity target</th>"
                        "<th>sparsity actual</th><th>kernel</th><th>block</th><th>why</th></tr></thead><tbody>")
             for layer in layers:
-                shape = layer.get("shape")
-                block = layer.get("block")
+                weight = f' title="weight {_e(layer.weight)}"' if layer.weight else ""
                 out.append("<tr>" + "".join([
-                    f"<td>{_e(fmt.text(layer.get('layer')))}</td>",
-                    f'<td class="num">{_e("×".join(map(str, shape)) if shape else fmt.NA)}</td>',
-                    f'<td class="num">{_e(fmt.pct(layer.get("sparsity_target")))}</td>',
-                    f'<td class="num">{_e(fmt.pct(layer.get("sparsity_actual")))}</td>',
-                    f"<td>{_e(fmt.text(layer.get('kernel')))}</td>",
-                    f"<td>{_e('×'.join(map(str, block)) if block else '—')}</td>",
+                    f"<td{weight}>{_e(fmt.text(layer.layer))}</td>",
+                    f'<td class="num">{_e("×".join(map(str, layer.shape)) if layer.shape else fmt.NA)}</td>',
+                    f'<td class="num">{_e(fmt.pct(layer.sparsity_target))}</td>',
+                    f'<td class="num">{_e(fmt.pct(layer.sparsity_actual))}</td>',
+                    f"<td>{_e(fmt.text(layer.kernel))}</td>",
+                    f"<td>{_e('×'.join(map(str, layer.block)) if layer.block else '—')}</td>",
                     f"<td>{_e(_why(layer))}</td>"]) + "</tr>")
             out.append("</tbody></table>")
         out.append("</details>")
@@ -179,7 +179,7 @@ def render_html(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSp
     if meta:
         parts.append(f'<p class="meta">{_e(meta)}</p>')
     parts += _verdict_section(rows)
-    parts += _results_section(rows)
+    parts += _results_section(groups)
     parts += _plots_section(groups, figures)
     parts += _layers_section(rows)
     parts += _environment_section(run_info)

@@ -24,8 +24,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentF
 from . import fmt
 from .fmt import as_float
 from .pareto import pareto_front
-from .tables import (SPEEDUP, Group, is_dense, series_key, series_label, short_label, sparsity_of, variant_key,
-                     verdict_of)
+from ..records import ResultRow
+from .tables import Group, is_dense, series_key, series_label, short_label, sparsity_of
 
 DENSE_COLOR = "black"
 FRONT_COLOR = "crimson"
@@ -45,7 +45,7 @@ class _Point:
     x: float
     y: float
     valid: bool
-    row: dict
+    row: ResultRow
 
 
 # --- shared drawing helpers ------------------------------------------------------------------------------------
@@ -71,14 +71,14 @@ def _colors(group: Group) -> dict[tuple[str, str], object]:
     return {key: cmap(i % 10) for i, key in enumerate(keys)}
 
 
-def _series(group: Group, y_of: Callable[[dict], float | None]) -> dict[tuple[str, str], list[_Point]]:
+def _series(group: Group, y_of: Callable[[ResultRow], float | None]) -> dict[tuple[str, str], list[_Point]]:
     """Non-dense measured rows with both a sparsity and a y value, one sorted list per (method, block)."""
     out: dict[tuple[str, str], list[_Point]] = {}
     for row in group.measured():
         x, y = sparsity_of(row), y_of(row)
         if is_dense(row) or x is None or y is None:
             continue
-        out.setdefault(series_key(row), []).append(_Point(x, y, verdict_of(row) == "VALID", row))
+        out.setdefault(series_key(row), []).append(_Point(x, y, row.verdict == "VALID", row))
     return {key: sorted(points, key=lambda p: p.x) for key, points in out.items()}
 
 
@@ -114,7 +114,7 @@ def _any_invalid(series: dict[tuple[str, str], list[_Point]]) -> bool:
 
 def plot_latency_vs_sparsity(group: Group, path: Path) -> Path | None:
     """Latency p50 (ms) vs sparsity, one line per method+block, error bars up to p90, dense p50 as a line."""
-    series = _series(group, lambda r: as_float(r.get("latency_p50_ms")))
+    series = _series(group, lambda r: as_float(r.latency_p50_ms))
     if not series:
         return None
     fig, (ax,) = _figure()
@@ -122,7 +122,7 @@ def plot_latency_vs_sparsity(group: Group, path: Path) -> Path | None:
     for key, points in series.items():
         _draw_series(ax, points, colors[key], series_label(key))
         # Upper-only bars p50 → p90: the tail is what a deployment feels, the median alone hides it.
-        tails = [(p, as_float(p.row.get("latency_p90_ms"))) for p in points]
+        tails = [(p, as_float(p.row.latency_p90_ms)) for p in points]
         tails = [(p, p90 - p.y) for p, p90 in tails if p90 is not None and p90 >= p.y]
         if tails:
             ax.errorbar([p.x for p, _ in tails], [p.y for p, _ in tails], yerr=[[0.0] * len(tails),
@@ -131,7 +131,7 @@ def plot_latency_vs_sparsity(group: Group, path: Path) -> Path | None:
         ax.axhline(group.baseline_p50, color=DENSE_COLOR, linestyle="--", linewidth=1,
                    label=f"dense p50 ({fmt.sig(group.baseline_p50)} ms)")
     # Explicit top: autoscaling sits exactly on the dense line and clips it and the p90 bars.
-    tops = [as_float(p.row.get("latency_p90_ms")) or p.y for points in series.values() for p in points]
+    tops = [as_float(p.row.latency_p90_ms) or p.y for points in series.values() for p in points]
     ax.set_ylim(0, 1.1 * max(tops + [group.baseline_p50 or 0.0]))
     ax.set_ylabel("latency p50 (ms), bar to p90")
     ax.set_title(f"Latency vs sparsity\n{group.title}")
@@ -142,7 +142,7 @@ def plot_latency_vs_sparsity(group: Group, path: Path) -> Path | None:
 
 def plot_speedup_vs_sparsity(group: Group, path: Path) -> Path | None:
     """Speedup (dense p50 / p50) vs sparsity on a log axis, with the ideal 1/(1−s) curve and the 1× line."""
-    series = _series(group, lambda r: as_float(r.get(SPEEDUP)))
+    series = _series(group, group.speedup)
     if not series:
         return None  # no variant measured, or no dense baseline to divide by
     fig, (ax,) = _figure()
@@ -170,20 +170,20 @@ def plot_speedup_vs_sparsity(group: Group, path: Path) -> Path | None:
 def plot_quality_vs_sparsity(group: Group, path: Path) -> Path | None:
     """Accuracy vs sparsity when the model has labels; otherwise top-1 agreement with dense and max |err|."""
     if group.has_accuracy:
-        panels = [("accuracy", "accuracy (top-1)", False)]
+        panels = [(lambda r: as_float(r.accuracy), "accuracy (top-1)", False)]
     else:
-        panels = [("top1_agreement", "top-1 agreement with dense", False),
-                  ("max_abs_err", "max |output − dense output|", True)]
-    drawn = [(key, label, log, _series(group, lambda r, k=key: as_float(r.get(k)))) for key, label, log in panels]
+        panels = [(lambda r: as_float(r.top1_agreement), "top-1 agreement with dense", False),
+                  (lambda r: as_float(r.max_abs_err), "max |output − dense output|", True)]
+    drawn = [(value, label, log, _series(group, value)) for value, label, log in panels]
     drawn = [d for d in drawn if d[3]]
     if not drawn:
         return None
     fig, axes = _figure(len(drawn), width=5.6 if len(drawn) > 1 else 6.4)
     colors = _colors(group)
-    for ax, (key, label, log, series) in zip(axes, drawn):
+    for ax, (value, label, log, series) in zip(axes, drawn):
         for skey, points in series.items():
             _draw_series(ax, points, colors[skey], series_label(skey))
-        base = None if group.baseline is None else as_float(group.baseline.get(key))
+        base = None if group.baseline is None else value(group.baseline)
         if base is not None and not log:
             ax.axhline(base, color=DENSE_COLOR, linestyle="--", linewidth=1, label=f"dense ({fmt.pct(base, 2)})")
         ys = [p.y for points in series.values() for p in points]
@@ -198,10 +198,10 @@ def plot_quality_vs_sparsity(group: Group, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _quality_for_pareto(group: Group, row: dict) -> float | None:
+def _quality_for_pareto(group: Group, row: ResultRow) -> float | None:
     if group.has_accuracy:
-        return as_float(row.get("accuracy"))
-    value = as_float(row.get("top1_agreement"))
+        return as_float(row.accuracy)
+    value = as_float(row.top1_agreement)
     # The dense model agrees with itself by definition, even when the runner did not record it.
     return 1.0 if value is None and is_dense(row) else value
 
@@ -215,7 +215,7 @@ def plot_pareto(group: Group, path: Path) -> Path | None:
     for row in group.measured():
         quality = _quality_for_pareto(group, row)
         if quality is not None:
-            points.append(_Point(as_float(row["latency_p50_ms"]), quality, verdict_of(row) == "VALID", row))
+            points.append(_Point(as_float(row.latency_p50_ms), quality, row.verdict == "VALID", row))
     if len(points) < 2:
         return None
     fig, (ax,) = _figure()
@@ -250,8 +250,8 @@ def plot_latency_distribution(group: Group, path: Path) -> Path | None:
     """Box plot of the per-iteration latencies (ms) of each variant that has samples."""
     boxes = []
     for row in group.rows:
-        values = [v for v in (as_float(x) for x in group.samples.get(variant_key(row), [])) if v is not None]
-        if values and verdict_of(row) != "ERROR":
+        values = [v for v in (as_float(x) for x in group.samples.get(row.variant_key, [])) if v is not None]
+        if values and row.verdict != "ERROR":
             boxes.append((row, values))
     if not boxes:
         return None
@@ -273,14 +273,14 @@ def plot_latency_distribution(group: Group, path: Path) -> Path | None:
 def plot_energy_vs_sparsity(group: Group, path: Path) -> Path | None:
     """Energy per inference (mJ, from the board's own sensor) vs sparsity, dense as a line. No plot when no
     row has a measured energy: an unavailable figure is never drawn as zero."""
-    series = _series(group, lambda r: as_float(r.get("energy_mj")))
+    series = _series(group, lambda r: as_float(r.energy_mj))
     if not series:
         return None
     fig, (ax,) = _figure()
     colors = _colors(group)
     for key, points in series.items():
         _draw_series(ax, points, colors[key], series_label(key))
-    base = None if group.baseline is None else as_float(group.baseline.get("energy_mj"))
+    base = None if group.baseline is None else as_float(group.baseline.energy_mj)
     if base is not None:
         ax.axhline(base, color=DENSE_COLOR, linestyle="--", linewidth=1, label=f"dense ({fmt.sig(base)} mJ)")
     tops = [p.y for points in series.values() for p in points]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .tables import Group, columns, problem_rows, problems_of, row_context, variant_key, verdict_counts, verdict_of
+from ..records import ResultRow
+from .tables import Group, columns, problem_rows, problems_of, row_context, verdict_counts
 
 _MAX_MESSAGE = 400  # characters of an error shown in Markdown; the HTML report keeps the full text
 
@@ -19,7 +20,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 1] + "…"
 
 
-def verdict_lines(rows: Sequence[dict]) -> list[str]:
+def verdict_lines(rows: Sequence[ResultRow]) -> list[str]:
     """Markdown lines: the verdict counts, then each non-VALID row with its error and reasons."""
     counts = verdict_counts(rows)
     lines = ["**" + " · ".join(f"{n} {v}" for v, n in counts.items()) + f"** ({len(rows)} rows)", ""]
@@ -27,11 +28,11 @@ def verdict_lines(rows: Sequence[dict]) -> list[str]:
         lines.append("All rows are VALID.")
     for row in problem_rows(rows):
         why = [_clip(p) for p in problems_of(row)]
-        if row.get("error"):  # problems_of puts it first
+        if row.error:  # problems_of puts it first
             # A code span: errors quote code and paths, and "<bsr>" must not render as an HTML tag.
             why[0] = "`" + why[0].replace("`", "'") + "`"
         why = "; ".join(why)
-        lines.append(f"- **{verdict_of(row)}** `{_cell(variant_key(row))}` ({_cell(row_context(row))}): {why}")
+        lines.append(f"- **{row.verdict}** `{_cell(row.variant_key)}` ({_cell(row_context(row))}): {why}")
     return lines
 
 
@@ -40,7 +41,7 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
     rows = [r for g in groups for r in g.rows]
     names = ["verdict", "model", "batch", "method", "block", "sparsity_target", "sparsity_actual", "p50",
              "speedup", "quality"]
-    if len({r.get("device") for r in rows}) > 1:  # only needed to tell rows apart when several devices ran
+    if len({r.device for r in rows}) > 1:  # only needed to tell rows apart when several devices ran
         names.insert(3, "device")
     cols = columns(*names)
     lines = [f"# {_cell(title)}", ""]
@@ -51,8 +52,9 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
     lines += ["## Verdicts", "", *verdict_lines(rows), "", "## Results", ""]
     lines.append("| " + " | ".join(c.header for c in cols) + " |")
     lines.append("|" + "|".join("---:" if c.numeric else "---" for c in cols) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c.cell(row)) for c in cols) + " |")
+    for group in groups:
+        for row in group.rows:
+            lines.append("| " + " | ".join(_cell(c.cell(row, group)) for c in cols) + " |")
     lines += ["", "Speedup = dense p50 / variant p50 within the same model, batch and device. "
               "n/a = not available. Accuracy where the model has labels, else top-1 agreement with dense.", ""]
     return "\n".join(lines)

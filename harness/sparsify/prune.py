@@ -21,6 +21,7 @@ class LayerSparsity:
     """One weight tensor: its [N, K] view, the sparsity asked for and the fraction of zeros reached."""
 
     layer: str  # ONNX node name (or the initializer name when the node has none)
+    weight: str  # name of the weight initializer: the key the compiler's per-layer records are joined on
     shape: tuple[int, int]  # [N, K]
     sparsity_target: float
     sparsity_actual: float
@@ -159,6 +160,7 @@ def make_variant(model_name: str, onnx_path: Path, method: Method | None, level:
             inits[init_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(back(view)), init_name))
         records.append(LayerSparsity(
             layer=node.name or init_name,
+            weight=init_name,
             shape=(int(view.shape[0]), int(view.shape[1])),
             sparsity_target=level if do_prune else 0.0,
             sparsity_actual=float(np.count_nonzero(view == 0) / view.size),

@@ -2,7 +2,8 @@
 
 One row per (run, variant@batch, device) in ``results`` with every figure and its environment, the raw
 per-iteration latencies in ``samples``, and the evaluation outputs (``.npy`` bytes) in ``outputs`` so a resumed
-run can still compare sparse variants against a dense variant measured before the interruption.
+run can still compare sparse variants against a dense variant measured before the interruption. The ``results``
+columns are :class:`harness.records.ResultRow`'s fields; rows go in and come out as ``ResultRow``.
 
 Each result is committed on its own: an interrupted run keeps everything it finished.
 """
@@ -11,18 +12,21 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HarnessError
+from ..records import ResultRow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -35,41 +39,7 @@ CREATE TABLE IF NOT EXISTS runs (
     host_json TEXT NOT NULL,          -- where the harness ran (not the device: see results.device_meta_json)
     harness_version TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    variant_key TEXT NOT NULL,        -- model/method/level@bBATCH
-    device TEXT NOT NULL,
-    model TEXT NOT NULL,
-    model_sha256 TEXT,
-    variant_sha256 TEXT,
-    method TEXT NOT NULL,
-    sparsity_target REAL NOT NULL,
-    sparsity_actual REAL,
-    block TEXT NOT NULL,
-    batch INTEGER NOT NULL,
-    target TEXT NOT NULL,
-    target_json TEXT NOT NULL,
-    transport TEXT NOT NULL,
-    latency_p50_ms REAL, latency_p90_ms REAL, latency_p99_ms REAL, latency_mean_ms REAL, latency_std_ms REAL,
-    latency_min_ms REAL, latency_max_ms REAL,
-    latency_cv REAL,                  -- std/mean without outliers (above max(Q3 + 3 IQR, 2 p50))
-    latency_cv_all REAL,              -- std/mean over every sample
-    n_outliers INTEGER, n_iter INTEGER, warmup_runs INTEGER,
-    accuracy REAL, top1_agreement REAL, max_abs_err REAL, ref_max_abs_err REAL,
-    energy_mj REAL, energy_status TEXT,  -- energy per inference (mJ, total) and "ok" / "unavailable: why" / ...
-    energy_json TEXT,                 -- the full energy record: method, rails, idle/active W, samples, calibration
-    artifact_key TEXT, artifact_bytes INTEGER, compile_s REAL, peak_rss_mb REAL,
-    verdict TEXT NOT NULL,            -- VALID | INVALID | ERROR
-    reasons_json TEXT NOT NULL,
-    error TEXT,
-    layers_json TEXT NOT NULL,        -- per layer: shape, target/actual sparsity, kernel chosen
-    device_meta_json TEXT,            -- collected on the device by the runner
-    overhead_json TEXT,               -- harness step timings (s): build, upload, run, fetch, clean, ...
-    tvm_version TEXT,
-    measured_at TEXT NOT NULL,
-    UNIQUE (run_id, variant_key, device)
-);
+{results}
 CREATE TABLE IF NOT EXISTS samples (
     result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     iter INTEGER NOT NULL,
@@ -82,10 +52,31 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 """
 
-#: schema version -> SQL that upgrades a store from that version to the next. Empty until version 2 exists.
-MIGRATIONS: dict[int, str] = {}
 
-_JSON_FIELDS = ("reasons", "layers", "device_meta", "overhead", "energy")
+def results_ddl() -> str:
+    """``CREATE TABLE results``: one column per :class:`ResultRow` field (see :meth:`ResultRow.columns`)."""
+    lines = ["id INTEGER PRIMARY KEY"]
+    for col in ResultRow.columns():
+        ref = " REFERENCES runs(run_id)" if col.name == "run_id" else ""
+        lines.append(f"{col.name} {col.sql_type}{' NOT NULL' if col.not_null else ''}{ref}")
+    lines.append("UNIQUE (run_id, variant_key, device)")
+    return "CREATE TABLE IF NOT EXISTS results (\n    " + ",\n    ".join(lines) + "\n);"
+
+
+_SCHEMA = _TABLES.format(results=results_ddl())
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    """2: the toolchain that built the artifact; layers_json records gain "weight" (old ones keep what they had);
+    N:M variant keys spelled like everything else (``model/nm-2of4/0.5`` -> ``model/nm-2:4/0.5``)."""
+    conn.execute("ALTER TABLE results ADD COLUMN toolchain TEXT")
+    for rowid, key in conn.execute("SELECT id, variant_key FROM results WHERE variant_key LIKE '%/nm-%'").fetchall():
+        conn.execute("UPDATE results SET variant_key=? WHERE id=?",
+                     (re.sub(r"/nm-(\d+)of(\d+)/", r"/nm-\1:\2/", key), rowid))
+
+
+#: schema version -> a function that upgrades a store from that version to the next, inside one transaction.
+#: A test checks that a migrated store has exactly the columns of a new one.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
 
 
 def new_run_id() -> str:
@@ -130,7 +121,7 @@ class ResultStore:
             )
         with self.conn:
             while version < SCHEMA_VERSION:
-                self.conn.executescript(MIGRATIONS[version])
+                MIGRATIONS[version](self.conn)
                 version += 1
                 self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
 
@@ -185,18 +176,17 @@ class ResultStore:
                                  (run_id,)).fetchall()
         return {(r[0], r[1]) for r in rows}
 
-    def add_result(self, row: dict, *, samples_ns: list[int] | None = None, outputs: np.ndarray | None = None) -> int:
+    def add_result(self, row: ResultRow, *, samples_ns: list[int] | None = None,
+                   outputs: np.ndarray | None = None) -> int:
         """Insert (or replace an earlier error row for) one result, its samples and outputs, in one transaction."""
-        record = dict(row)
-        for key in _JSON_FIELDS:
-            record[f"{key}_json"] = json.dumps(record.pop(key, None) if key != "reasons" else record.pop(key, []))
-        record["target_json"] = json.dumps(record["target_json"])
-        record.setdefault("measured_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        record = row.to_db()
+        if not record["measured_at"]:
+            record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         columns = ", ".join(record)
         marks = ", ".join("?" for _ in record)
         with self.conn:
             self.conn.execute("DELETE FROM results WHERE run_id=? AND variant_key=? AND device=?",
-                              (record["run_id"], record["variant_key"], record["device"]))
+                              (row.run_id, row.variant_key, row.device))
             cur = self.conn.execute(f"INSERT INTO results ({columns}) VALUES ({marks})", tuple(record.values()))
             result_id = cur.lastrowid
             if samples_ns:
@@ -206,18 +196,10 @@ class ResultStore:
                 self.conn.execute("INSERT INTO outputs VALUES (?, ?)", (result_id, _npy_bytes(outputs)))
         return result_id
 
-    def results(self, run_id: str) -> list[dict]:
-        """Every result row of a run with JSON fields decoded (``reasons``, ``layers``, ``device_meta``...)."""
+    def results(self, run_id: str) -> list[ResultRow]:
+        """Every result row of a run, typed, in the order they were stored."""
         rows = self.conn.execute("SELECT * FROM results WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
-        out = []
-        for row in rows:
-            record = dict(row)
-            for key in _JSON_FIELDS:
-                raw = record.pop(f"{key}_json")
-                record[key] = json.loads(raw) if raw else None
-            record["target_json"] = json.loads(record["target_json"])
-            out.append(record)
-        return out
+        return [ResultRow.from_db(row) for row in rows]
 
     def samples(self, result_id: int) -> list[int]:
         rows = self.conn.execute("SELECT latency_ns FROM samples WHERE result_id=? ORDER BY iter", (result_id,))
