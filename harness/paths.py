@@ -9,7 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = ROOT / "targets"
 ZOO_DIR = Path(__file__).resolve().parent / "models" / "zoo"
-RUNNER_FILE = Path(__file__).resolve().parent / "device" / "runner.py"
+#: The board package (``harness/board``): the files shipped to devices (see ``harness/device/ship.py``).
+BOARD_DIR = Path(__file__).resolve().parent / "board"
 DEFAULT_DB = Path("results") / "results.db"
 
 
