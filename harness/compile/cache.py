@@ -8,9 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..paths import ROOT, cache_dir
-
-SCHEDULES_DIR = ROOT / "schedules"
+from ..paths import cache_dir
 #: Bumped when the way artifacts are built changes in a way the hashed inputs do not capture.
 BUILD_FORMAT = 1
 
@@ -45,13 +43,20 @@ class BuildResult:
     notes: tuple[str, ...] = ()  # what the board needs to load it (e.g. CUDA kernels shipped as source)
 
 
+def schedules_dir() -> Path:
+    """Where the ``schedules`` package that compiles our kernels lives (checkout or installed: the one imported)."""
+    import schedules  # cheap: it imports TVM only when the rewrite runs
+
+    return Path(schedules.__file__).resolve().parent
+
+
 def schedules_hash() -> str:
     """Hash of every source file in ``schedules/``: an edited kernel invalidates cached artifacts."""
     digest = hashlib.sha256()
-    if SCHEDULES_DIR.is_dir():
-        for path in sorted(SCHEDULES_DIR.rglob("*.py")):
-            digest.update(path.relative_to(SCHEDULES_DIR).as_posix().encode())
-            digest.update(path.read_bytes())
+    root = schedules_dir()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
