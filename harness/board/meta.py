@@ -70,10 +70,8 @@ def device_metadata() -> dict:
     Imports TVM (for its version): call it after the measurement, or after :func:`set_threads`.
     """
     cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq"
-    governors = sorted({
-        g for g in (_read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_governor") for i in range(os.cpu_count() or 1))
-        if g
-    })
+    per_cpu = (_read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_governor") for i in range(os.cpu_count() or 1))
+    governors = sorted({g for g in per_cpu if g})
     temps = {}
     thermal = Path("/sys/class/thermal")
     if thermal.is_dir():

@@ -3,8 +3,9 @@
 Part of the board package, and standard library only: it runs with whatever Python the board has, before numpy
 or TVM may exist. It only reads (files, ``--version``-like commands with short timeouts); it changes nothing.
 
-Usage: ``python3 -m sparsebench_board.probe [RUNNER_PYTHON ...]`` (in the folder holding the package) -- each RUNNER_PYTHON is checked for numpy and the TVM runtime in a
-subprocess with ``TVM_USE_RUNTIME_LIB=1``, exactly as the runner imports them.
+Usage: ``python3 -m sparsebench_board.probe [RUNNER_PYTHON ...]``, in the folder holding the package -- each
+RUNNER_PYTHON is checked for numpy and the TVM runtime in a subprocess with ``TVM_USE_RUNTIME_LIB=1``, exactly as
+the runner imports them. It also runs as a lone file (``python3 probe.py``): it imports nothing from the package.
 """
 
 from __future__ import annotations
