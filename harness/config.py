@@ -86,6 +86,9 @@ class MeasureConfig:
     energy_window_s: float = 3.0  # model run back to back while power is sampled
     energy_rate_hz: float = 50.0  # sampling rate asked for (capped at the sensor's)
     sensor_root: str = "/"  # where the device's /sys is (a container mount, or a fake tree in tests)
+    # an external power meter: argv of a command run on the device that prints the power in watts; when set it is
+    # the energy sensor (the board's own sensors are not used)
+    meter_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,8 @@ class TargetProfile:
 
 #: cross toolchains a profile may name: the host compiler, GNU/zig for aarch64 Linux, the Android NDK
 TOOLCHAINS = ("native", "aarch64-linux-gnu", "aarch64-linux-android")
-#: power sensor kinds, spelled as the ``method`` of the sensors in ``harness/device/sensors.py`` (a test keeps them
-#: equal): Jetson INA3221 (hwmon on JetPack 5+, IIO on JetPack 4), tegrastats, the Pi 5 PMIC via vcgencmd, a
+#: power sensor kinds, spelled as the ``method`` of the sensor backends in ``harness/board/sensors/`` (a test keeps
+#: them equal): Jetson INA3221 (hwmon on JetPack 5+, IIO on JetPack 4), tegrastats, the Pi 5 PMIC via vcgencmd, a
 #: phone's battery fuel gauge, Intel RAPL, an external meter (boards without an on-board sensor)
 ENERGY_SENSORS = ("jetson-ina3221-hwmon", "jetson-ina3221-iio", "jetson-tegrastats", "rpi5-pmic", "android-battery",
                   "linux-rapl", "external-meter")
@@ -248,8 +251,15 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
             if not isinstance(value, str) or not value.startswith("/"):
                 raise HarnessError(f"[measure].sensor_root must be an absolute path on the device, got {value!r}")
             continue
+        if key == "meter_command":
+            if not value or not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise HarnessError(f"[measure].meter_command must be a command as a list of strings, e.g. "
+                                   f"[\"python3\", \"/home/pi/read_meter.py\"], got {value!r}")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise HarnessError(f"[measure].{key} must be a non-negative number, got {value!r}")
+    if "meter_command" in ms:
+        ms = {**ms, "meter_command": tuple(ms["meter_command"])}
     measure = MeasureConfig(**ms)
 
     models = data.get("models", [])

@@ -1,8 +1,10 @@
 """``sparsebench doctor DEVICE``: is this device ready to benchmark, and if not, which command fixes it?
 
-One self-contained probe (``harness/device/probe.py``, standard library only) is uploaded and run on the device and
-returns JSON; :func:`diagnose` turns that JSON into findings (OK / WARN / MISSING), each missing or doubtful piece
-with the exact command that fixes it. Pure host-side logic, so it is tested on recorded probe outputs.
+The board package is uploaded and its probe (``harness/board/probe.py``, standard library only) runs on the device
+and returns JSON; :func:`diagnose` turns that JSON into findings (OK / WARN / MISSING), each missing or doubtful
+piece with the exact command that fixes it. With ``--target`` the report also lists what the profile says the
+device needs and the preparation steps to run before measuring. Pure host-side logic, so it is tested on recorded
+probe outputs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .device.preflight import TVM_PIN, VENV, VENV_INSTALL
+from .paths import BOARD_DIR
 
-PROBE_FILE = Path(__file__).resolve().parent / "device" / "probe.py"
+#: The probe as a file (run alone by tests); on devices it runs as ``sparsebench_board.probe``.
+PROBE_FILE = BOARD_DIR / "probe.py"
 GOVERNOR_FIX = "echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor"
 MIN_PYTHON = (3, 10)  # apache-tvm 0.27 wheels
 MIN_GLIBC = (2, 28)  # manylinux_2_28 wheels
@@ -205,8 +208,8 @@ def _sensor_findings(probe: dict, profile) -> list[Finding]:
             out.append(Finding("WARN", "power sensor", f"RAPL {zone.get('name')} at {zone['path']} is root-only",
                                "sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj   (until reboot)"))
     if not kinds:
-        fix = ("the Pi 4 has no power sensor: use an external USB power meter" if model.startswith("Raspberry Pi 4")
-               else "")
+        fix = ("the Pi 4 has no power sensor: use an external USB power meter ([measure].meter_command in the "
+               "run config)" if model.startswith("Raspberry Pi 4") else "")
         out.append(Finding("WARN", "power sensor", "none found: energy will be reported as unavailable", fix))
     if profile is not None and profile.energy and not set(profile.energy) & set(kinds + ["external-meter"]):
         out.append(Finding("WARN", "power sensor", f"profile {profile.name!r} expects {', '.join(profile.energy)}; "
@@ -247,13 +250,27 @@ def _thermal_findings(probe: dict) -> list[Finding]:
     return out
 
 
-def format_report(device: str, transport: str, probe_python: str, probe: dict, findings: list[Finding]) -> str:
+def profile_steps(profile) -> dict:
+    """What a profile says about its device: ``{"name", "needs": [text], "prepare": [commands]}`` (``--json``)."""
+    return {"name": profile.name, "needs": list(profile.needs), "prepare": list(profile.prepare)}
+
+
+def format_report(device: str, transport: str, probe_python: str, probe: dict, findings: list[Finding],
+                  profile=None) -> str:
+    """The report: one line per finding (with its fix), the profile's needs and preparation steps when a profile
+    is given, and the verdict as the last line."""
     lines = [f"sparsebench doctor: {device} ({transport}), probe ran in {probe.get('probe_s', 0):.1f} s "
              f"with {probe_python}"]
     for f in findings:
         lines.append(f"  {f.status:8s} {f.item:14s} {f.detail}")
         if f.fix:
             lines.append(f"  {'':8s} {'':14s} fix: {f.fix}")
+    if profile is not None and profile.needs:
+        lines.append(f"profile {profile.name} needs on the device:")
+        lines.extend(f"  - {need}" for need in profile.needs)
+    if profile is not None and profile.prepare:
+        lines.append(f"profile {profile.name}: before measuring, run on the device:")
+        lines.extend(f"  $ {step}" for step in profile.prepare)
     missing = sum(f.status == "MISSING" for f in findings)
     warns = sum(f.status == "WARN" for f in findings)
     if missing:
@@ -264,15 +281,17 @@ def format_report(device: str, transport: str, probe_python: str, probe: dict, f
 
 
 def run_probe(transport, pythons: list[str], *, probe_pythons: list[str]) -> tuple[dict, str]:
-    """Upload the probe, run it with the first of ``probe_pythons`` that exists; (report, python used)."""
+    """Upload the board package, run its probe with the first of ``probe_pythons`` that exists; (report, python
+    used)."""
+    from .device.ship import board_command, upload_board
     from .transports import TransportError
 
     workdir = transport.make_workdir("doctor")
     try:
-        remote = transport.put(PROBE_FILE, workdir, "probe.py")
+        upload_board(transport, workdir)
         tried = []
         for python in dict.fromkeys(probe_pythons):
-            res = transport.run([python, remote, *pythons], timeout_s=300, cwd=workdir)
+            res = transport.run(board_command(python, "probe", *pythons), timeout_s=300, cwd=workdir)
             if res.ok:
                 try:
                     return json.loads(res.stdout.strip().splitlines()[-1]), python
@@ -299,10 +318,10 @@ def doctor(spec, *, target: str | None = None, as_json: bool = False) -> int:
         checks = [python] + ([f"{VENV}/bin/python"] if python != f"{VENV}/bin/python" else [])
         probe, used = run_probe(transport, checks, probe_pythons=[transport.default_python(), "python3", python])
     if as_json:
-        print(json.dumps(probe, indent=2))
+        print(json.dumps({**probe, "profile": profile_steps(profile)} if profile else probe, indent=2))
         return 0
     findings = diagnose(probe, python=python, profile=profile, host_tvm=host_tvm_version())
-    print(format_report(transport.device, transport.name, used, probe, findings))
+    print(format_report(transport.device, transport.name, used, probe, findings, profile))
     sys.stdout.flush()
     return 1 if any(f.status == "MISSING" for f in findings) else 0
 

@@ -1,7 +1,8 @@
 """Offline energy tools: tegrastats logs and Raspberry Pi 5 PMIC dumps, read on the host.
 
-The line parsers live in ``harness/device/sensors.py`` because the runner needs them on the board; this module adds
-files, time windows and printing for ``sparsebench energy tegrastats LOGFILE`` and ``sparsebench energy pmic FILE``.
+The line parsers live in the board package (``harness/board/sensors/``) because the runner needs them on the board;
+this module adds files, time windows and printing for ``sparsebench energy tegrastats LOGFILE`` and
+``sparsebench energy pmic FILE``.
 User mistakes (a missing file, a log without timestamps and no interval) raise :class:`HarnessError`.
 """
 
@@ -14,7 +15,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .device.sensors import PI5_CALIBRATION, Calibration, integrate_power, parse_pmic_adc, parse_tegrastats_line
+from .board.sensors import PI5_CALIBRATION, Calibration, integrate_power, parse_pmic_adc, parse_tegrastats_line
 from .errors import HarnessError
 
 #: How ``--start``/``--end`` may name a time: ISO, or as tegrastats prints it.
@@ -30,7 +31,7 @@ def _read_text(path: Union[str, Path], what: str) -> str:
 
 def parse_tegrastats_log(source: Union[str, Path, Iterable[str]]) -> list:
     """A tegrastats log (a path, or its lines) as one dict per non-blank line; keys as in
-    :func:`harness.device.sensors.parse_tegrastats_line` (``timestamp``, ``rails_mw``, ``total_mw``, ...)."""
+    :func:`harness.board.sensors.parse_tegrastats_line` (``timestamp``, ``rails_mw``, ``total_mw``, ...)."""
     lines = _read_text(source, "tegrastats log").splitlines() if isinstance(source, (str, Path)) else source
     return [parse_tegrastats_line(line) for line in lines if line.strip()]
 

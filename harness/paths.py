@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Repository / install root: holds ``targets/`` and ``schedules/`` next to ``harness/``.
-ROOT = Path(__file__).resolve().parent.parent
-TARGETS_DIR = ROOT / "targets"
-ZOO_DIR = Path(__file__).resolve().parent / "models" / "zoo"
-RUNNER_FILE = Path(__file__).resolve().parent / "device" / "runner.py"
+_HERE = Path(__file__).resolve().parent
+
+
+def _targets_dir() -> Path:
+    """The device profiles: ``harness/targets/`` in an installed package (setup.py puts the repository's
+    ``targets/`` there), else the checkout's top-level ``targets/`` (a source tree or an editable install)."""
+    installed = _HERE / "targets"
+    return installed if installed.is_dir() else _HERE.parent / "targets"
+
+
+TARGETS_DIR = _targets_dir()
+ZOO_DIR = _HERE / "models" / "zoo"
+#: The board package (``harness/board``): the files shipped to devices (see ``harness/device/ship.py``).
+BOARD_DIR = _HERE / "board"
 DEFAULT_DB = Path("results") / "results.db"
 
 

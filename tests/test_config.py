@@ -31,6 +31,15 @@ def test_unknown_method_and_model_and_key():
         parse_config({**BASE, "measure": {"min_run": 3}})
 
 
+def test_meter_command_is_a_list_of_strings():
+    cfg = parse_config({**BASE, "measure": {"meter_command": ["python3", "/home/pi/read_meter.py"]}})
+    assert cfg.measure.meter_command == ("python3", "/home/pi/read_meter.py")
+    assert parse_config(BASE).measure.meter_command == ()
+    for bad in ("python3 read_meter.py", [], ["python3", 3], [""]):
+        with pytest.raises(HarnessError, match=r"\[measure\].meter_command must be a command as a list of strings"):
+            parse_config({**BASE, "measure": {"meter_command": bad}})
+
+
 def test_levels_sorted_and_deduplicated():
     cfg = parse_config({**BASE, "sparsify": {"levels": [0.9, 0, 0.5, 0.9]}})
     assert cfg.sparsify.levels == (0.0, 0.5, 0.9)

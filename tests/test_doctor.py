@@ -8,8 +8,11 @@ import json
 import subprocess
 import sys
 
+from harness.board import PACKAGE
 from harness.config import load_target
-from harness.doctor import GOVERNOR_FIX, PROBE_FILE, diagnose, format_report
+from harness.device.ship import upload_board
+from harness.doctor import GOVERNOR_FIX, PROBE_FILE, diagnose, format_report, profile_steps
+from harness.transports import LocalTransport
 
 VENV_FIX = "python3 -m venv ~/sb-venv && ~/sb-venv/bin/pip install numpy apache-tvm==0.27.0.post1"
 
@@ -168,12 +171,50 @@ def test_wrong_board_for_profile_32bit_and_version_mismatch():
 
 
 def test_probe_runs_with_the_standard_library_only(tmp_path):
-    """The probe is copied to boards alone: it must run with `python -S -I` (no site-packages) from anywhere."""
-    proc = subprocess.run([sys.executable, "-S", "-I", str(PROBE_FILE), sys.executable], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
+    """The probe runs before numpy or TVM may exist: from the shipped package with `python -S -E -s` (no
+    site-packages, no PYTHONPATH), as doctor runs it; and as a lone file."""
+    upload_board(LocalTransport(), str(tmp_path))
+    proc = subprocess.run([sys.executable, "-S", "-E", "-s", "-m", f"{PACKAGE}.probe", sys.executable],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["probe_version"] == 1 and report["os"]["machine"] and report["cpu"]["cores"] >= 1
     assert report["runtimes"][0]["tvm"].startswith("0.27") and report["runtimes"][0]["numpy"]
     findings = diagnose(report, python=sys.executable)
     assert not [f for f in findings if f.status == "MISSING"], findings
+    alone = subprocess.run([sys.executable, "-S", "-I", str(PROBE_FILE)], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert alone.returncode == 0 and json.loads(alone.stdout)["probe_version"] == 1, alone.stderr
+
+
+def test_report_shows_the_profiles_needs_and_preparation():
+    profile = load_target("jetson-orin-nano")
+    findings = diagnose(probe(), python="~/sb-venv/bin/python", profile=profile)
+    text = format_report("nvidia@orin:22", "ssh", "python3", probe(), findings, profile)
+    lines = text.splitlines()
+    assert "profile jetson-orin-nano needs on the device:" in lines
+    assert "  - JetPack 6 (L4T 36, Ubuntu 22.04, Python 3.10) or JetPack 7" in lines
+    assert "profile jetson-orin-nano: before measuring, run on the device:" in lines
+    assert "  $ sudo jetson_clocks" in lines
+    assert lines[-1].startswith("result: ")  # the verdict stays last
+    assert profile_steps(profile) == {"name": "jetson-orin-nano", "needs": list(profile.needs),
+                                      "prepare": list(profile.prepare)}
+    assert "before measuring" not in format_report("pi@rpi5:22", "ssh", "python3", probe(), findings)
+
+
+def test_doctor_with_a_profile_runs_the_shipped_probe_and_lists_the_steps(tmp_path):
+    """`sparsebench doctor local --target x86-64`: the board package is shipped to a local work directory, its probe
+    runs, and the report (and --json) carry the profile's needs and preparation steps."""
+    from conftest import sparsebench
+
+    proc = sparsebench("doctor", "local", "--target", "x86-64", "--python", sys.executable, cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.stdout.startswith("sparsebench doctor: localhost (local)"), proc.stdout
+    assert "profile x86-64: before measuring, run on the device:" in proc.stdout
+    assert "  $ echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor" in proc.stdout
+    assert "  - Linux with glibc >= 2.28 and Python >= 3.10" in proc.stdout
+    proc = sparsebench("doctor", "local", "--target", "x86-64", "--python", sys.executable, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["probe_version"] == 1 and report["profile"]["name"] == "x86-64"
+    assert any("intel-rapl" in step for step in report["profile"]["prepare"])

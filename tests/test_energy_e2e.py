@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import sparsebench, write_config
-from harness.device import sensors
+from harness.board import sensors
 from test_energy import FIXTURES, battery_tree, hwmon_tree, pmic_text, put, rewriting
 
 POWER_W = 7.5
@@ -30,11 +30,11 @@ def _power(t: float) -> float:
     return POWER_W * (1 + RIPPLE * math.sin(2 * math.pi * 3.0 * t))
 
 
-def _run(tmp_path: Path, root: Path, env_path: str | None = None) -> list[dict]:
+def _run(tmp_path: Path, root: Path, env_path: str | None = None, extra: str = "") -> list[dict]:
     model, eval_set = _small(tmp_path)
     db, out = tmp_path / "r.db", tmp_path / "report"
     cfg = write_config(tmp_path / "c.toml", model=model, eval_set=eval_set, db=db, levels=(0, 0.9),
-                       methods=("block:8x1",), extra="energy_idle_s = 1.5\nenergy_window_s = 2.0\n")
+                       methods=("block:8x1",), extra="energy_idle_s = 1.5\nenergy_window_s = 2.0\n" + extra)
     old_path = os.environ.get("PATH", "")
     if env_path:
         os.environ["PATH"] = f"{env_path}:{old_path}"
@@ -103,6 +103,22 @@ print({template!r}.format(amps=(power - {others_w!r}) / {volts!r}), end="")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     records = _run(tmp_path, root, env_path=str(bin_dir))
     assert records[0]["calibration"] is not None  # raw figure reported, calibrated one next to it
+
+
+def test_external_meter_from_the_config_through_the_pipeline(tmp_path):
+    """`[measure].meter_command` reaches the runner's job: on a board with no sensor at all, the meter's watts are
+    the energy source."""
+    root = tmp_path / "board"
+    root.mkdir()  # nothing there: without the meter this run would say "unavailable: no power sensor"
+    meter = tmp_path / "read_meter.py"
+    meter.write_text(f"""import math, time
+t = time.time()
+print("{{:.4f}} W".format({POWER_W} * (1 + {RIPPLE} * math.sin(2 * math.pi * 3.0 * t))))
+""")
+    command = json.dumps([sys.executable, str(meter)])
+    records = _run(tmp_path, root, extra=f"meter_command = {command}\n")
+    assert records[0]["method"] == "external-meter" and records[0]["rails"] == ["meter"]
+    assert records[0]["sensor_detail"]["command"] == f"{sys.executable} {meter}"
 
 
 def test_fake_android_energy_through_the_pipeline(tmp_path):

@@ -1,4 +1,5 @@
-"""The device-side runner stays self-contained: numpy + the TVM runtime, nothing from sparsebench or the compiler."""
+"""The board package stays self-contained (numpy + the TVM runtime, nothing from sparsebench or the compiler), ships
+as a whole, and its runner reports failures as data."""
 
 import ast
 import json
@@ -7,33 +8,69 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from harness.paths import RUNNER_FILE
+from harness.board import PACKAGE, SHIPPED
+from harness.device.ship import board_command, upload_board
+from harness.paths import BOARD_DIR
+from harness.transports import LocalTransport
+
+#: What board code may import besides the standard library and its own package (relative imports).
+ALLOWED = {"numpy", "tvm", "tvm.runtime", "tvm.runtime.vm"}
 
 
-def test_runner_imports_only_runtime_pieces():
-    tree = ast.parse(RUNNER_FILE.read_text())
-    modules = set()
+def _imports(tree: ast.AST) -> list[str]:
+    """Every absolute import of a module (``from . import x`` and ``from .x import y`` are skipped)."""
+    names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            modules |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            modules.add(node.module or "")
-    allowed = {"__future__", "json", "os", "platform", "resource", "sys", "time", "pathlib", "numpy", "tvm",
-               "tvm.runtime.vm", "traceback", "sensors", "ctypes"}
-    assert modules <= allowed, modules - allowed
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_shipped_files_import_only_stdlib_numpy_and_the_tvm_runtime():
+    """Every shipped file exists, parses as Python 3.8 (JetPack 5) and imports nothing from the host package."""
+    stdlib = set(sys.stdlib_module_names)
+    for rel in SHIPPED:
+        path = BOARD_DIR / rel
+        assert path.is_file(), f"SHIPPED names {rel}, which is not in {BOARD_DIR}"
+        tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+        bad = [m for m in _imports(tree) if m.split(".")[0] not in stdlib and m not in ALLOWED
+               and m.split(".")[0] != "numpy"]
+        assert not bad, f"{rel} imports {bad}: board code may use the standard library, numpy, {sorted(ALLOWED)} " \
+                        "and its own modules (relative imports) only"
+
+
+def test_every_board_file_is_shipped():
+    present = {p.relative_to(BOARD_DIR).as_posix() for p in BOARD_DIR.rglob("*.py")}
+    assert present == set(SHIPPED), f"not in SHIPPED: {present - set(SHIPPED)}; gone: {set(SHIPPED) - present}"
+
+
+def test_upload_board_and_board_command(tmp_path):
+    transport = LocalTransport(str(tmp_path))
+    workdir = transport.make_workdir("ship")
+    root = upload_board(transport, workdir)
+    assert root == os.path.join(workdir, PACKAGE)
+    assert sorted(str(p.relative_to(root)) for p in (tmp_path / workdir / PACKAGE).rglob("*.py")) == sorted(SHIPPED)
+    assert board_command("python3", "runner", "job.json") == ["python3", "-m", f"{PACKAGE}.runner", "job.json"]
+    with pytest.raises(ValueError, match="unknown board module 'sensors'; known: meta, probe, runner, timer"):
+        board_command("python3", "sensors")
 
 
 def test_runner_reports_failure_as_data(tmp_path):
     """A job whose artifact is missing comes back as ok=false with the error, plus device metadata."""
+    upload_board(LocalTransport(), str(tmp_path))
     np.save(tmp_path / "x.npy", np.zeros((2, 4), np.float32))
     job = {"artifact": str(tmp_path / "missing.so"), "eval_x": str(tmp_path / "x.npy"), "batch": 1,
            "warmup_runs": 1, "warmup_s": 0, "min_runs": 1, "min_s": 0, "max_runs": 10}
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
-    proc = subprocess.run([sys.executable, str(RUNNER_FILE), str(tmp_path / "job.json")], capture_output=True,
+    env.pop("PYTHONPATH", None)  # the shipped package is found in the work directory, as on a board
+    proc = subprocess.run(board_command(sys.executable, "runner", str(tmp_path / "job.json")), capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["ok"] is False and "missing.so" in result["error"]
     assert result["device_meta"]["tvm_runtime_only"] is True and result["device_meta"]["cpu_count"] >= 1

@@ -41,7 +41,7 @@ def test_tvm_accepts_every_profile_target():
 
 
 def test_energy_kinds_match_the_sensor_backends():
-    from harness.device import sensors
+    from harness.board import sensors
 
     methods = {cls.method for cls in vars(sensors).values()
                if isinstance(cls, type) and issubclass(cls, sensors.PowerSensor) and cls.method}

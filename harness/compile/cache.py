@@ -9,10 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..paths import ROOT, cache_dir
+from ..paths import cache_dir
 from .plan import KernelPlan
 
-SCHEDULES_DIR = ROOT / "schedules"
 #: Bumped when the way artifacts are built changes in a way the hashed inputs do not capture.
 BUILD_FORMAT = 2
 
@@ -54,15 +53,22 @@ class BuildResult:
     notes: tuple[str, ...] = ()  # what the board needs to load it (e.g. CUDA kernels shipped as source)
 
 
+def schedules_dir() -> Path:
+    """Where the ``schedules`` package that compiles our kernels lives (checkout or installed: the one imported)."""
+    import schedules  # cheap: it imports TVM only when the rewrite runs
+
+    return Path(schedules.__file__).resolve().parent
+
+
 @functools.lru_cache(maxsize=1)
 def schedules_hash() -> str:
     """Hash of every source file in ``schedules/``: an edited kernel invalidates cached artifacts. Read once per
     process: the kernels this process builds are the ones it imported, whatever happens to the files later."""
     digest = hashlib.sha256()
-    if SCHEDULES_DIR.is_dir():
-        for path in sorted(SCHEDULES_DIR.rglob("*.py")):
-            digest.update(path.relative_to(SCHEDULES_DIR).as_posix().encode())
-            digest.update(path.read_bytes())
+    root = schedules_dir()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -113,7 +113,7 @@ def fingerprint_id(fingerprint: dict) -> str:
 def describe_device(device: str, fingerprint: dict) -> str:
     """``pi@board:22 (aarch64, Cortex-A76, 4 threads)``: how a plan's ``measured_on`` names the device."""
     parts = [fingerprint.get("machine"), fingerprint.get("cpu_model")]
-    threads = fingerprint.get("threads") or fingerprint.get("cores")
+    threads = fingerprint.get("tvm_num_threads") or fingerprint.get("cores")
     if threads:
         parts.append(f"{threads} threads")
     inside = ", ".join(str(p) for p in parts if p)

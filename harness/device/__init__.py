@@ -1,1 +1,4 @@
-"""Device side: ``runner.py`` is copied to the device and run there; it needs only numpy and the TVM runtime."""
+"""Host side of running on a device: the run session, the runtime preflight, shipping the board package.
+
+The code that runs *on* the device is the board package, ``harness/board``.
+"""

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MeasureConfig
-from ..paths import RUNNER_FILE
 from ..transports import Transport, TransportError
+from .ship import board_command, upload_board
 
 
 @dataclass
@@ -40,7 +40,8 @@ def _timed(steps: dict, name: str):
 
 def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, batch: int, measure: MeasureConfig,
                   python: str = "", label: str = "job", keep: bool = False) -> DeviceRun:
-    """Upload ``artifact`` + runner + inputs, run the runner with the TVM runtime only, fetch its results."""
+    """Upload ``artifact`` + the board package + inputs, run the board's runner with the TVM runtime only, fetch its
+    results."""
     run = DeviceRun()
     steps = run.steps_s
     workdir = None
@@ -54,19 +55,21 @@ def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, b
             np.save(tmp / "eval_x.npy", np.ascontiguousarray(eval_x, dtype=np.float32))
             with _timed(steps, "upload"):
                 remote_lib = transport.put(artifact, workdir, "model.so")
-                remote_runner = transport.put(RUNNER_FILE, workdir, "runner.py")
-                transport.put(RUNNER_FILE.with_name("sensors.py"), workdir, "sensors.py")  # imported by the runner
+                upload_board(transport, workdir)
                 remote_x = transport.put(tmp / "eval_x.npy", workdir)
+                energy = {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
+                          "rate_hz": measure.energy_rate_hz, "root": measure.sensor_root}
+                if measure.meter_command:
+                    energy["meter_command"] = list(measure.meter_command)
                 job = {"artifact": remote_lib, "eval_x": remote_x, "batch": batch, "device": "cpu",
                        "warmup_runs": measure.warmup_runs, "warmup_s": measure.warmup_s,
                        "min_runs": measure.min_runs, "min_s": measure.min_s, "max_runs": measure.max_runs,
-                       "energy": {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
-                                  "rate_hz": measure.energy_rate_hz, "root": measure.sensor_root}}
+                       "energy": energy}
                 (tmp / "job.json").write_text(json.dumps(job))
                 remote_job = transport.put(tmp / "job.json", workdir)
             with _timed(steps, "run"):
                 # TVM_USE_RUNTIME_LIB=1: the device has (and the runner may use) only the TVM runtime.
-                cmd = transport.run([python or transport.default_python(), remote_runner, remote_job],
+                cmd = transport.run(board_command(python or transport.default_python(), "runner", remote_job),
                                     env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=measure.timeout_s, cwd=workdir)
             if cmd.timed_out:
                 run.error = f"run: timed out after {measure.timeout_s:g} s; raise [measure].timeout_s"

@@ -76,6 +76,11 @@ class Transport(abc.ABC):
         """Create and return a fresh directory on the device for one job."""
 
     @abc.abstractmethod
+    def mkdir(self, remote_dir: str, name: str) -> str:
+        """Create the folder ``name`` (one path component) in ``remote_dir`` (a work directory made by
+        :meth:`make_workdir`, or a folder in one) unless it exists; return its path on the device."""
+
+    @abc.abstractmethod
     def put(self, local: Path, remote_dir: str, name: str | None = None) -> str:
         """Copy ``local`` into ``remote_dir``; return its path on the device."""
 

@@ -29,6 +29,11 @@ class LocalTransport(Transport):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)[:60]
         return tempfile.mkdtemp(prefix=f"sparsebench-{safe}-", dir=self._root)
 
+    def mkdir(self, remote_dir: str, name: str) -> str:
+        path = Path(remote_dir) / name
+        path.mkdir(exist_ok=True)
+        return str(path)
+
     def put(self, local: Path, remote_dir: str, name: str | None = None) -> str:
         dest = Path(remote_dir) / (name or Path(local).name)
         try:

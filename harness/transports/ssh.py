@@ -433,6 +433,19 @@ class SSHTransport(Transport):
         except OSError:
             return False
 
+    def mkdir(self, remote_dir: str, name: str) -> str:
+        if "/" in name or name in ("", ".", ".."):
+            raise self._error("upload", f"bad folder name {name!r}")
+        path = f"{self._inside(remote_dir, 'upload')}/{name}"
+        self.connect()
+        with self._lost("upload", f"making the folder {name}"):
+            try:
+                self._sftp.mkdir(path, 0o700)
+            except OSError as err:
+                if not self._exists(path):
+                    raise self._error("upload", f"cannot create {path} ({_why(err)})") from None
+        return path
+
     def put(self, local: Path, remote_dir: str, name: str | None = None) -> str:
         name = name or Path(local).name
         if "/" in name or name in ("", ".", ".."):

@@ -1,11 +1,11 @@
-#!/usr/bin/env python3
 """sparsebench device probe: what this device has, as one JSON object on stdout (for ``sparsebench doctor``).
 
-Self-contained and standard library only: it is copied to a board and run with whatever Python is there, before
-numpy or TVM may exist. It only reads (files, ``--version``-like commands with short timeouts); it changes nothing.
+Part of the board package, and standard library only: it runs with whatever Python the board has, before numpy
+or TVM may exist. It only reads (files, ``--version``-like commands with short timeouts); it changes nothing.
 
-Usage: ``python3 probe.py [RUNNER_PYTHON ...]`` -- each RUNNER_PYTHON is checked for numpy and the TVM runtime in a
-subprocess with ``TVM_USE_RUNTIME_LIB=1``, exactly as the runner imports them.
+Usage: ``python3 -m sparsebench_board.probe [RUNNER_PYTHON ...]``, in the folder holding the package -- each
+RUNNER_PYTHON is checked for numpy and the TVM runtime in a subprocess with ``TVM_USE_RUNTIME_LIB=1``, exactly as
+the runner imports them. It also runs as a lone file (``python3 probe.py``): it imports nothing from the package.
 """
 
 from __future__ import annotations

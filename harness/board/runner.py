@@ -1,0 +1,159 @@
+"""sparsebench device-side runner: load one compiled model, time it, evaluate it, describe the device.
+
+Part of the board package: runs on boards with only numpy and the TVM *runtime* (``TVM_USE_RUNTIME_LIB=1``: no
+compiler, ``tvm.runtime.vm.VirtualMachine``), and imports nothing from sparsebench.
+
+Usage: ``python -m sparsebench_board.runner JOB.json``, run in the folder that holds the package. The job names
+the artifact, an ``.npy`` of evaluation inputs, the batch, the timing rules and the energy settings; the runner
+writes ``result.json`` (and ``outputs.npy``) next to the job file and prints the result JSON as its last stdout
+line.
+
+Timing: warm-up until both ``warmup_runs`` and ``warmup_s`` are reached; then every iteration is timed on its own
+(perf_counter_ns around one call, with a device sync) until both ``min_runs`` and ``min_s`` are reached, capped
+at ``max_runs``. Means of batches would hide the variation we report.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from .meta import device_metadata, set_threads
+
+
+def tvm_device(tvm, device: str):
+    """``tvm.device(device, 0)``, after loading TVM's CUDA runtime library for ``"cuda"``: with
+    TVM_USE_RUNTIME_LIB=1 TVM does not load it, so a CUDA module (even one with a pre-compiled fatbin) fails to load
+    ("ffi.Module.load_from_bytes.cuda is not registered")."""
+    if device == "cuda":
+        import ctypes
+
+        runtime = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve()
+        ctypes.CDLL(str(runtime.parent / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_LOCAL)
+    return tvm.device(device, 0)
+
+
+def _load_vm(artifact: str, device: str):
+    import tvm
+    from tvm.runtime.vm import VirtualMachine  # what relax.VirtualMachine is; works without the compiler
+
+    dev = tvm_device(tvm, device)
+    lib = tvm.runtime.load_module(artifact)
+    return tvm, dev, VirtualMachine(lib, dev)
+
+
+def _first_output(out):
+    """The first tensor of a VM result (a Tensor, or an Array/tuple of them)."""
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out
+
+
+def _measure_energy(run_once, cfg: dict) -> dict:
+    """Energy per inference from the board's own sensor (or the external meter the job names), or a dict whose
+    ``status`` says why it is unavailable. Never an estimate."""
+    from . import sensors
+
+    sensor, reason = sensors.detect(cfg.get("root", "/"), meter_command=cfg.get("meter_command"))
+    if sensor is None:
+        return sensors.unavailable(reason)
+    return sensors.measure_energy(run_once, backend=sensor, idle_s=cfg.get("idle_s", 2.0),
+                                  window_s=cfg.get("window_s", 3.0), rate_hz=cfg.get("rate_hz", 50.0))
+
+
+def run_job(job: dict, workdir: Path) -> dict:
+    import numpy as np
+
+    threads = set_threads(job.get("threads"))
+    t0 = time.perf_counter()
+    tvm, dev, vm = _load_vm(job["artifact"], job.get("device", "cpu"))
+    main = vm["main"]
+    load_s = time.perf_counter() - t0
+    rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    batch = int(job["batch"])
+    eval_x = np.load(job["eval_x"]).astype(np.float32)
+
+    def as_batches(x):
+        """Chunks of exactly ``batch`` rows (the artifact has a static batch); the last one zero-padded."""
+        for start in range(0, len(x), batch):
+            chunk = x[start:start + batch]
+            real = len(chunk)
+            if real < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - real, *chunk.shape[1:]), chunk.dtype)])
+            yield chunk, real
+
+    timing_input = tvm.runtime.tensor(next(as_batches(eval_x))[0], dev)
+
+    # warm-up: both a run count and a duration, so caches, clocks and lazy init settle
+    warm_n, start = 0, time.perf_counter()
+    while warm_n < job["warmup_runs"] or time.perf_counter() - start < job["warmup_s"]:
+        main(timing_input)
+        dev.sync()
+        warm_n += 1
+    warmup_s = time.perf_counter() - start
+
+    samples_ns = []
+    start = time.perf_counter()
+    clock = time.perf_counter_ns
+    while (len(samples_ns) < job["min_runs"] or time.perf_counter() - start < job["min_s"]) \
+            and len(samples_ns) < job["max_runs"]:
+        t = clock()
+        main(timing_input)
+        dev.sync()
+        samples_ns.append(clock() - t)
+    measure_s = time.perf_counter() - start
+
+    # energy: its own phase after the latency loop (sampling must not disturb the latencies), only with a sensor
+    energy_cfg = job.get("energy") or {}
+    start = time.perf_counter()
+    energy = _measure_energy(lambda: (main(timing_input), dev.sync()), energy_cfg)
+    energy_s = time.perf_counter() - start
+
+    outputs = []
+    start = time.perf_counter()
+    for chunk, real in as_batches(eval_x):
+        out = _first_output(main(tvm.runtime.tensor(chunk, dev))).numpy()
+        outputs.append(out[:real])
+    eval_s = time.perf_counter() - start
+    out_path = workdir / "outputs.npy"
+    np.save(out_path, np.concatenate(outputs))
+
+    return {
+        "ok": True,
+        "threads": threads,
+        "latencies_ns": samples_ns,
+        "warmup_runs": warm_n,
+        "phases_s": {"load": load_s, "warmup": warmup_s, "measure": measure_s, "energy": energy_s, "eval": eval_s},
+        "energy": energy,
+        "outputs": out_path.name,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "rss_after_load_mb": rss_after_load_mb,
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m sparsebench_board.runner JOB.json", file=sys.stderr)
+        return 2
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    workdir = job_path.parent
+    try:
+        result = run_job(job, workdir)
+    except Exception as err:  # reported as data; the host turns it into an error row
+        import traceback
+
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
+    result["device_meta"] = device_metadata()
+    text = json.dumps(result)
+    (workdir / "result.json").write_text(text)
+    print(text)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
