@@ -91,6 +91,7 @@ def rewrite_module(
     sparse_min: float = 0.5,
     chooser: Chooser | None = None,
     names: dict[str, str] | None = None,
+    survey_only: bool = False,
 ) -> tuple[tvm.IRModule, list[dict]]:
     """Replace every matmul (and 1x1 conv) with a constant weight by our kernels.
 
@@ -101,13 +102,16 @@ def rewrite_module(
     our CUDA dense and BSR kernels (`schedules.cuda`; 1x1 convs stay with TVM there); for any
     other target the module is returned unchanged, with "default" records. `names` maps
     `weight_digest` of a layer's [N, K] weight to the weight's name in the source model; each
-    record's ``weight`` is looked up there.
+    record's ``weight`` is looked up there. With `survey_only` the chooser is asked about every
+    layer but no kernel is built: the returned module is a placeholder, only the chooser's calls
+    count (how the kernel-selection step learns which layers to time).
 
     Returns:
         (new module, one `LayerRecord.to_dict()` per constant-weight matmul or conv2d, in
         program order -- the layers `harness.sparsify` prunes, in the same order).
     """
     rewriter = _MatmulRewriter(mod, target, chooser or rule_chooser(sparse_min), names or {})
+    rewriter.survey_only = survey_only
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.uses = _use_counts(func)
@@ -166,6 +170,7 @@ class _MatmulRewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, chooser: Chooser, names: dict[str, str]):
         super().__init__(mod)
         self.names = names
+        self.survey_only = False
         # what make_kernel needs about the target: CpuInfo (LLVM CPU), GpuInfo (CUDA) or None (left to TVM)
         self.cpu = cpu_info(target) if is_llvm_cpu(target) else cuda.gpu_info(target) if cuda.is_cuda(target) else None
         self.chooser = chooser
@@ -332,6 +337,8 @@ class _MatmulRewriter(relax.PyExprMutator):
         info = {}
         if candidate is None:
             candidate, info = self.chooser(weight, m, self.cpu)
+        if self.survey_only:  # the chooser has seen the layer; nothing is built (a placeholder of the right type)
+            return relax.op.zeros((m, n), "float32")
         impl = make_kernel(candidate, weight, m, self.cpu, ep)
         # one PrimFunc per distinct dense kernel (the weight is an argument); sparse kernels are
         # specialised to their number of stored blocks, so each layer gets its own

@@ -83,7 +83,7 @@ def survey(req: BuildRequest) -> list[tuple[str, object, int, object]]:
 
     mod, _ = import_onnx(req)
     chooser = SurveyChooser()
-    rewrite_module(mod, make_target(req.target), chooser=chooser)
+    rewrite_module(mod, make_target(req.target), chooser=chooser, survey_only=True)
     return [(key, weight, m, cpu) for key, (weight, m, cpu) in chooser.layers.items()]
 
 
