@@ -140,7 +140,7 @@ def to_bsr(weight: np.ndarray, block: tuple[int, int]) -> BSRMatrix:
     return BSRMatrix((n, k), (r, c), data, block_cols.astype(np.int32), indptr)
 
 
-Lane = Literal["rows", "batch", "nonzeros"]
+Lane = Literal["rows", "batch"]
 
 
 @dataclass(frozen=True)
@@ -149,11 +149,10 @@ class BSRTiling:
 
     Attributes:
         lane: what the vector lane runs over. "rows": the r rows of a block (tall blocks).
-            "batch": mt batch rows, for blocks narrower than a vector at batch > 1. "nonzeros":
-            mt consecutive stored values of a row, x gathered (1 x 1 blocks at batch 1, which
-            offer no other lane).
-        mt: batch rows per register tile (divides M) for "rows" and "batch" (where they form
-            the vector); nonzeros per vector for "nonzeros".
+            "batch": mt batch rows, for blocks narrower than a vector at batch > 1.
+            (1 x 1 blocks at batch 1 have no good lane here: `kernels.make_kernel` stores them as
+            SELL-C-sigma, `schedules.sell`; this kernel still computes them, one row at a time.)
+        mt: batch rows per register tile (divides M); with "batch" they form the vector.
         ku: independent partial sums over the blocks of a row (hide FMA latency at batch 1).
     """
 
@@ -166,8 +165,6 @@ def choose_tiling(m: int, block: tuple[int, int], cpu: CpuInfo) -> BSRTiling:
     """Pick the BSR register tiling for batch `m` and block shape on `cpu`."""
     r = block[0]
     registers = cpu.registers - SPARE_REGISTERS
-    if block == (1, 1) and m == 1:
-        return BSRTiling(lane="nonzeros", mt=cpu.lanes, ku=1)
     if m > 1 and r < cpu.lanes:
         lane: Lane = "batch"
         mt = largest_divisor_at_most(m, 2 * cpu.lanes)
@@ -187,7 +184,7 @@ def bsr_func(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue = NO_EPI
     so that the batch values of one column (what a block multiplies) share a cache line instead
     of sitting K floats apart; at batch 1, x[1, K] already is x^T[K, 1] and is used in place.
     """
-    builders = {"rows": _bsr_row_lanes, "batch": _bsr_batch_lanes, "nonzeros": _csr_nonzero_lanes}
+    builders = {"rows": _bsr_row_lanes, "batch": _bsr_batch_lanes}
     return finish(builders[tiling.lane](m, matrix, tiling, ep), ep)
 
 
@@ -315,40 +312,3 @@ def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue)
                             y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, ri, mi], bias, i * r + ri)
 
     return bsr_batch
-
-
-def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
-    """Batch-1 CSR: lane = mt consecutive nonzeros of a row, x gathered, summed across at the end.
-
-    A scalar loop spends three loads per nonzero (index, value, x); here values and indices
-    arrive a vector at a time and only the x gather stays scalar.
-    """
-    n, k = matrix.shape
-    stored = matrix.data.shape[0]
-    lanes = tiling.mt
-    assert m == 1 and matrix.block == (1, 1), "nonzero lanes serve 1 x 1 blocks at batch 1"
-
-    @T.prim_func(private=True)
-    def csr(
-        x: T.Buffer((1, k), "float32"),
-        data: T.Buffer((stored, 1, 1), "float32"),
-        indices: T.Buffer((stored,), "int32"),
-        indptr: T.Buffer((n + 1,), "int32"),
-        bias: T.Buffer((n,), "float32"),
-        y: T.Buffer((1, n), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
-        for i in T.parallel(n):
-            acc = T.alloc_buffer((lanes,), "float32", scope=ACC_SCOPE)
-            for v in T.vectorized(lanes):
-                acc[v] = T.float32(0)
-            for jo in range((indptr[i + 1] - indptr[i]) // lanes):
-                for v in T.vectorized(lanes):
-                    acc[v] = acc[v] + data[indptr[i] + jo * lanes + v, 0, 0] * x[0, indices[indptr[i] + jo * lanes + v]]
-            for j in range(indptr[i] + (indptr[i + 1] - indptr[i]) // lanes * lanes, indptr[i + 1]):
-                acc[0] = acc[0] + data[j, 0, 0] * x[0, indices[j]]
-            for v in range(1, lanes):
-                acc[0] = acc[0] + acc[v]
-            y[0, i] = epilogue(ep, acc[0], bias, i)
-
-    return csr
