@@ -25,10 +25,10 @@ def fastest_np_ort(idx: dict, shape, m: int) -> dict | None:
 def rows(doc: dict) -> list[dict]:
     """One summary row per shape, batch and sparsity: the best of our sparse kernels against the baselines."""
     idx = index(doc["records"])
-    keys = sorted({(tuple(r["shape"]), r["batch"], r["sparsity"]) for r in doc["records"] if r["impl"] == "ours-sparse"},
-                  key=lambda key: (doc["meta"]["plan"]["shapes"].index(list(key[0])), key[1], key[2]))
+    shapes = doc["meta"]["plan"]["shapes"]
+    keys = {(tuple(r["shape"]), r["batch"], r["sparsity"]) for r in doc["records"] if r["impl"] == "ours-sparse"}
     out = []
-    for shape, m, sparsity in keys:
+    for shape, m, sparsity in sorted(keys, key=lambda key: (shapes.index(list(key[0])), key[1], key[2])):
         ours = [r for r in doc["records"] if tuple(r["shape"]) == shape and r["batch"] == m
                 and r["sparsity"] == sparsity and r["impl"] == "ours-sparse"]
         blocks = [r for r in ours if r["format"] == "bsr"]
