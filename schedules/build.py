@@ -48,7 +48,10 @@ def _compile(func: tvm.tirx.PrimFunc, target: tvm.target.Target, name: str):
 
 
 class BoundCall:
-    """A compiled CPU function with its arguments in place: call it, read its output, time it with TVM's timer."""
+    """A compiled CPU function with its arguments in place: call it, read its output, time it with TVM's timer.
+
+    `out` is the argument the function writes its result to (our kernels' y), None where it returns it.
+    """
 
     def __init__(self, module, name: str, args: Sequence, out=None):
         self._module = module
@@ -61,7 +64,7 @@ class BoundCall:
         self._module[self._name](*self._args)
 
     def output(self) -> np.ndarray:
-        """The output tensor (the last argument) as numpy."""
+        """The `out` tensor as numpy."""
         return self._out.numpy()
 
     def time_s(self, repeat: int) -> list[float]:
