@@ -218,7 +218,7 @@ def cmd_energy(args) -> int:
 
 
 def cmd_kernels(args) -> int:
-    from schedules.bench import FULL, QUICK, format_table, kernel_suite, write_json
+    from .kernelbench import FULL, QUICK, format_table, kernel_suite, write_json
 
     from .config import load_target
 

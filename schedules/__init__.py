@@ -2,9 +2,11 @@
 
 One module per format: `dense` (packed weight), `bsr` (block-sparse, any r x c), `sell`
 (unstructured at batch 1, sliced ELLPACK), `nm` (N:M structured), `conv` (1x1 convolutions as
-matmuls), `cuda` (dense and BSR for NVIDIA GPUs); `kernels.make_kernel` builds any of them for a
-layer, `choose` picks per layer (by measurement or rule), `rewrite` swaps them into a Relax
-module, `bench` is the suite behind `sparsebench kernels`.
+matmuls), `cuda` (dense and BSR for NVIDIA GPUs); `cpu` (target facts and conventions) and
+`tiles` (TensorIR macros the CPU register-tile kernels share); `kernels.make_kernel` builds any of
+them for a layer, `choose` picks per layer (by measurement or rule), `rewrite` swaps them into a Relax
+module, `build` builds, calls and times one kernel on its own (for tests and for the kernel
+benchmark `harness.kernelbench`, which is a client of this library and does not call TVM itself).
 
 The compile adapter calls `rewrite_module` on a Relax module imported from ONNX, then builds the
 result with the normal `tvm.compile` pipeline (which leaves our pre-scheduled kernels alone).

@@ -21,17 +21,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .cpu import (
-    ACC_SCOPE,
-    NO_EPILOGUE,
-    SPARE_REGISTERS,
-    TARGET_CHAINS,
-    CpuInfo,
-    Epilogue,
-    epilogue,
-    finish,
-    largest_divisor_at_most,
-)
+from .cpu import ACC_SCOPE, NO_EPILOGUE, TARGET_CHAINS, CpuInfo, Epilogue, epilogue, finish, largest_divisor_at_most
+from .tiles import store_tile, sum_partials, zero_tile
 
 # Block shapes tried by `choose_block`, largest first. All are r x 1: the lane runs along
 # output rows, so taller blocks mean fuller vectors and fewer index loads.
@@ -140,7 +131,7 @@ def to_bsr(weight: np.ndarray, block: tuple[int, int]) -> BSRMatrix:
     return BSRMatrix((n, k), (r, c), data, block_cols.astype(np.int32), indptr)
 
 
-Lane = Literal["rows", "batch", "nonzeros"]
+Lane = Literal["rows", "batch"]
 
 
 @dataclass(frozen=True)
@@ -149,11 +140,10 @@ class BSRTiling:
 
     Attributes:
         lane: what the vector lane runs over. "rows": the r rows of a block (tall blocks).
-            "batch": mt batch rows, for blocks narrower than a vector at batch > 1. "nonzeros":
-            mt consecutive stored values of a row, x gathered (1 x 1 blocks at batch 1, which
-            offer no other lane).
-        mt: batch rows per register tile (divides M) for "rows" and "batch" (where they form
-            the vector); nonzeros per vector for "nonzeros".
+            "batch": mt batch rows, for blocks narrower than a vector at batch > 1.
+            (1 x 1 blocks at batch 1 have no good lane here: `kernels.make_kernel` stores them as
+            SELL-C-sigma, `schedules.sell`; this kernel still computes them, one row at a time.)
+        mt: batch rows per register tile (divides M); with "batch" they form the vector.
         ku: independent partial sums over the blocks of a row (hide FMA latency at batch 1).
     """
 
@@ -165,9 +155,7 @@ class BSRTiling:
 def choose_tiling(m: int, block: tuple[int, int], cpu: CpuInfo) -> BSRTiling:
     """Pick the BSR register tiling for batch `m` and block shape on `cpu`."""
     r = block[0]
-    registers = cpu.registers - SPARE_REGISTERS
-    if block == (1, 1) and m == 1:
-        return BSRTiling(lane="nonzeros", mt=cpu.lanes, ku=1)
+    registers = cpu.accumulator_registers
     if m > 1 and r < cpu.lanes:
         lane: Lane = "batch"
         mt = largest_divisor_at_most(m, 2 * cpu.lanes)
@@ -180,35 +168,14 @@ def choose_tiling(m: int, block: tuple[int, int], cpu: CpuInfo) -> BSRTiling:
     return BSRTiling(lane=lane, mt=mt, ku=max(1, min(registers, TARGET_CHAINS) // accumulators))
 
 
-def bsr_func(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
-    """TensorIR kernel (x[M, K], data, indices, indptr, [bias]) -> y[M, N] for `matrix`'s sizes.
-
-    The "rows" and "batch" variants read x as x^T[K, M]: at batch > 1 a prologue transposes it
-    so that the batch values of one column (what a block multiplies) share a cache line instead
-    of sitting K floats apart; at batch 1, x[1, K] already is x^T[K, 1] and is used in place.
-    """
-    builders = {"rows": _bsr_row_lanes, "batch": _bsr_batch_lanes, "nonzeros": _csr_nonzero_lanes}
-    return finish(builders[tiling.lane](m, matrix, tiling, ep), ep)
-
-
-def _transpose_tile(k: int) -> int:
-    """Columns of x per step of the x -> x^T prologue: a cache line of a row of x at a time.
-
-    Walking x down a column instead touches M lines K*4 bytes apart; with K*4 a multiple of
-    4 KiB they all fall into one L1 set and every read misses. A divisor of K, so no tail.
-    """
-    return largest_divisor_at_most(k, 16)
-
-
-def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
-    """Lane = the r rows of a block: an mt x r accumulator tile per block-row, x^T broadcast."""
+def bsr_kernel(m: int, matrix: BSRMatrix, body) -> tvm.tirx.PrimFunc:
+    """The PrimFunc (x[M, K], data, indices, indptr, bias[N], y[M, N]) for `matrix`'s sizes whose body is the
+    `T.macro` ``body(x, data, indices, indptr, bias, y)``: BSRMatrix's arrays as kernels take them, in one
+    place for the CPU and CUDA kernels."""
     n, k = matrix.shape
     r, c = matrix.block
     stored = matrix.data.shape[0]
     rows = len(matrix.indptr) - 1
-    full_rows = n // r
-    mt, ku = tiling.mt, tiling.ku
-    kt_len = _transpose_tile(k)
 
     @T.prim_func(private=True)
     def bsr(
@@ -220,6 +187,56 @@ def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -
         y: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
+        body(x, data, indices, indptr, bias, y)
+
+    return bsr
+
+
+def _transpose_tile(k: int) -> int:
+    """Columns of x per step of the x -> x^T prologue: a cache line of a row of x at a time.
+
+    Walking x down a column instead touches M lines K*4 bytes apart; with K*4 a multiple of
+    4 KiB they all fall into one L1 set and every read misses. A divisor of K, so no tail.
+    """
+    return largest_divisor_at_most(k, 16)
+
+
+def bsr_func(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
+    """TensorIR kernel (x[M, K], data, indices, indptr, [bias]) -> y[M, N] for `matrix`'s sizes.
+
+    Per block-row i (in parallel) and tile of mt batch rows: an accumulator tile of r block rows
+    x mt batch rows, ku partial sums, fed by the blocks indptr[i]..indptr[i+1]. The vector lane
+    runs along the r rows of a block (lane "rows", x^T broadcast) or along the batch rows (lane
+    "batch", block values broadcast).
+
+    x is read as x^T[K, M]: at batch > 1 a prologue transposes it so that the batch values of
+    one column (what a block multiplies) share a cache line instead of sitting K floats apart;
+    at batch 1, x[1, K] already is x^T[K, 1] and is used in place.
+    """
+    n, k = matrix.shape
+    r, c = matrix.block
+    rows = len(matrix.indptr) - 1
+    full_rows = n // r
+    mt, ku = tiling.mt, tiling.ku
+    kt_len = _transpose_tile(k)
+    by_rows = tiling.lane == "rows"
+    # The accumulator tile's axes a (unrolled) and b (the vector lane) are (batch row, block row) with
+    # lane "rows", (block row, batch row) with lane "batch". TVMScript calls the Python functions below
+    # while it parses the kernel: they pick indices and leave no trace in the TensorIR.
+    tile = (mt, r) if by_rows else (r, mt)
+
+    def batch_row(a, b):
+        return a if by_rows else b
+
+    def block_row(a, b):
+        return b if by_rows else a
+
+    def term(data, xt, indices, j, ci, a, b, mo):
+        """Block j's value at (column ci, tile element a, b) times the x it multiplies."""
+        return data[j, ci, block_row(a, b)] * xt[indices[j] * c + ci, mo * mt + batch_row(a, b)]
+
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
         if m > 1:
             xt = T.alloc_buffer((k, m), "float32")
             for kt in T.parallel(k // kt_len):
@@ -228,127 +245,27 @@ def _bsr_row_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -
         else:
             xt = T.decl_buffer((k, m), "float32", data=x.data)
         for i in T.parallel(rows):
-            acc = T.alloc_buffer((ku, mt, r), "float32", scope=ACC_SCOPE)
+            acc = T.alloc_buffer((ku, *tile), "float32", scope=ACC_SCOPE)
             for mo in range(m // mt):
-                # unrolled (here and below): constant indices let LLVM keep acc in registers
-                for u in T.unroll(ku):
-                    for mi in T.unroll(mt):
-                        for ri in T.vectorized(r):
-                            acc[u, mi, ri] = T.float32(0)
+                zero_tile(acc, ku, *tile)
                 # ku blocks per step, each into its own partial sum; a bound test skips the
                 # overhang of the last step (cheaper than a separate tail loop, and predictable).
                 for jo in range((indptr[i + 1] - indptr[i] + ku - 1) // ku):
                     for u in T.unroll(ku):
                         if jo * ku + u < indptr[i + 1] - indptr[i]:
                             for ci in T.unroll(c):
-                                for mi in T.unroll(mt):
-                                    for ri in T.vectorized(r):
-                                        acc[u, mi, ri] = (
-                                            acc[u, mi, ri]
-                                            + data[indptr[i] + jo * ku + u, ci, ri]
-                                            * xt[indices[indptr[i] + jo * ku + u] * c + ci, mo * mt + mi]
+                                for a in T.unroll(tile[0]):
+                                    for b in T.vectorized(tile[1]):
+                                        acc[u, a, b] = acc[u, a, b] + term(
+                                            data, xt, indices, indptr[i] + jo * ku + u, ci, a, b, mo
                                         )
-                for u in T.unroll(1, ku):
+                sum_partials(acc, ku, *tile)
+                if by_rows:
+                    store_tile(y, acc, ep, bias, mo * mt, i * r, mt, r, i < full_rows, n - full_rows * r)
+                else:  # the lane runs down a column of y: store one by one, skipping rows past N
                     for mi in T.unroll(mt):
-                        for ri in T.vectorized(r):
-                            acc[0, mi, ri] = acc[0, mi, ri] + acc[u, mi, ri]
-                if i < full_rows:
-                    for mi in T.unroll(mt):
-                        for ri in T.vectorized(r):
-                            y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, mi, ri], bias, i * r + ri)
-                else:
-                    for mi in T.unroll(mt):
-                        for ri in T.unroll(n - full_rows * r):
-                            y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, mi, ri], bias, i * r + ri)
+                        for ri in T.unroll(r):
+                            if i * r + ri < n:
+                                y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, ri, mi], bias, i * r + ri)
 
-    return bsr
-
-
-def _bsr_batch_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
-    """Lane = mt batch rows: an r x mt accumulator tile per block-row, block values broadcast."""
-    n, k = matrix.shape
-    r, c = matrix.block
-    stored = matrix.data.shape[0]
-    rows = len(matrix.indptr) - 1
-    mt, ku = tiling.mt, tiling.ku
-    kt_len = _transpose_tile(k)
-
-    @T.prim_func(private=True)
-    def bsr_batch(
-        x: T.Buffer((m, k), "float32"),
-        data: T.Buffer((stored, c, r), "float32"),
-        indices: T.Buffer((stored,), "int32"),
-        indptr: T.Buffer((rows + 1,), "int32"),
-        bias: T.Buffer((n,), "float32"),
-        y: T.Buffer((m, n), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xt = T.alloc_buffer((k, m), "float32")
-        for kt in T.parallel(k // kt_len):
-            for mm, kk in T.grid(m, kt_len):
-                xt[kt * kt_len + kk, mm] = x[mm, kt * kt_len + kk]
-        for i in T.parallel(rows):
-            acc = T.alloc_buffer((ku, r, mt), "float32", scope=ACC_SCOPE)
-            for mo in range(m // mt):
-                for u in T.unroll(ku):
-                    for ri in T.unroll(r):
-                        for mi in T.vectorized(mt):
-                            acc[u, ri, mi] = T.float32(0)
-                for jo in range((indptr[i + 1] - indptr[i] + ku - 1) // ku):
-                    for u in T.unroll(ku):
-                        if jo * ku + u < indptr[i + 1] - indptr[i]:
-                            for ci in T.unroll(c):
-                                for ri in T.unroll(r):
-                                    for mi in T.vectorized(mt):
-                                        acc[u, ri, mi] = (
-                                            acc[u, ri, mi]
-                                            + data[indptr[i] + jo * ku + u, ci, ri]
-                                            * xt[indices[indptr[i] + jo * ku + u] * c + ci, mo * mt + mi]
-                                        )
-                for u in T.unroll(1, ku):
-                    for ri in T.unroll(r):
-                        for mi in T.vectorized(mt):
-                            acc[0, ri, mi] = acc[0, ri, mi] + acc[u, ri, mi]
-                for mi in T.unroll(mt):
-                    for ri in T.unroll(r):
-                        if i * r + ri < n:
-                            y[mo * mt + mi, i * r + ri] = epilogue(ep, acc[0, ri, mi], bias, i * r + ri)
-
-    return bsr_batch
-
-
-def _csr_nonzero_lanes(m: int, matrix: BSRMatrix, tiling: BSRTiling, ep: Epilogue) -> tvm.tirx.PrimFunc:
-    """Batch-1 CSR: lane = mt consecutive nonzeros of a row, x gathered, summed across at the end.
-
-    A scalar loop spends three loads per nonzero (index, value, x); here values and indices
-    arrive a vector at a time and only the x gather stays scalar.
-    """
-    n, k = matrix.shape
-    stored = matrix.data.shape[0]
-    lanes = tiling.mt
-    assert m == 1 and matrix.block == (1, 1), "nonzero lanes serve 1 x 1 blocks at batch 1"
-
-    @T.prim_func(private=True)
-    def csr(
-        x: T.Buffer((1, k), "float32"),
-        data: T.Buffer((stored, 1, 1), "float32"),
-        indices: T.Buffer((stored,), "int32"),
-        indptr: T.Buffer((n + 1,), "int32"),
-        bias: T.Buffer((n,), "float32"),
-        y: T.Buffer((1, n), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
-        for i in T.parallel(n):
-            acc = T.alloc_buffer((lanes,), "float32", scope=ACC_SCOPE)
-            for v in T.vectorized(lanes):
-                acc[v] = T.float32(0)
-            for jo in range((indptr[i + 1] - indptr[i]) // lanes):
-                for v in T.vectorized(lanes):
-                    acc[v] = acc[v] + data[indptr[i] + jo * lanes + v, 0, 0] * x[0, indices[indptr[i] + jo * lanes + v]]
-            for j in range(indptr[i] + (indptr[i + 1] - indptr[i]) // lanes * lanes, indptr[i + 1]):
-                acc[0] = acc[0] + data[j, 0, 0] * x[0, indices[j]]
-            for v in range(1, lanes):
-                acc[0] = acc[0] + acc[v]
-            y[0, i] = epilogue(ep, acc[0], bias, i)
-
-    return csr
+    return finish(bsr_kernel(m, matrix, body), ep)

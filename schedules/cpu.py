@@ -124,6 +124,11 @@ class CpuInfo:
     registers: int
     isa: str = "sse"
 
+    @property
+    def accumulator_registers(self) -> int:
+        """Vector registers a micro-kernel may fill with accumulators: all but SPARE_REGISTERS."""
+        return self.registers - SPARE_REGISTERS
+
 
 def is_llvm_cpu(target: tvm.target.Target) -> bool:
     """Whether our TensorIR kernels can serve `target` (they are written for LLVM CPU targets)."""

@@ -24,8 +24,9 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .bsr import BSRMatrix
+from .bsr import BSRMatrix, bsr_kernel
 from .cpu import NO_EPILOGUE, Epilogue, epilogue, finish
+from .dense import dense_kernel, pack_weight
 
 #: Output rows per warp in the packed dense weight.
 WARP = 32
@@ -62,14 +63,8 @@ def dense_func(m: int, n: int, k: int, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.P
     mt = min(m, DENSE_BATCH_TILE)
     batch_tiles = -(-m // mt)
 
-    @T.prim_func(private=True)
-    def dense_cuda(
-        x: T.Buffer((m, k), "float32"),
-        w: T.Buffer((blocks, k, WARP), "float32"),
-        bias: T.Buffer((n,), "float32"),
-        y: T.Buffer((m, n), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def body(x, w, bias, y):
         for nb in T.thread_binding(blocks, thread="blockIdx.x"):
             for mo in T.thread_binding(batch_tiles, thread="blockIdx.y"):
                 for mi in T.thread_binding(mt, thread="threadIdx.y"):
@@ -82,28 +77,19 @@ def dense_func(m: int, n: int, k: int, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.P
                             if nb * WARP + lane < n:
                                 y[mo * mt + mi, nb * WARP + lane] = epilogue(ep, acc[0], bias, nb * WARP + lane)
 
-    return finish(dense_cuda, ep)
+    return finish(dense_kernel(m, n, k, WARP, body), ep)
 
 
 def bsr_func(m: int, matrix: BSRMatrix, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
     """CUDA kernel (x[M, K], data, indices, indptr, [bias]) -> y[M, N] for `matrix`'s sizes."""
-    n, k = matrix.shape
+    n = matrix.shape[0]
     r, c = matrix.block
-    stored = matrix.data.shape[0]
     rows = len(matrix.indptr) - 1
     group = max(1, BSR_THREADS // r)  # block-rows per CUDA block
     groups = -(-rows // group)
 
-    @T.prim_func(private=True)
-    def bsr_cuda(
-        x: T.Buffer((m, k), "float32"),
-        data: T.Buffer((stored, c, r), "float32"),
-        indices: T.Buffer((stored,), "int32"),
-        indptr: T.Buffer((rows + 1,), "int32"),
-        bias: T.Buffer((n,), "float32"),
-        y: T.Buffer((m, n), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
         for g in T.thread_binding(groups, thread="blockIdx.x"):
             for b in T.thread_binding(m, thread="blockIdx.y"):
                 for t in T.thread_binding(group * r, thread="threadIdx.x"):
@@ -118,11 +104,9 @@ def bsr_func(m: int, matrix: BSRMatrix, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.
                                 ep, acc[0], bias, (g * group + t // r) * r + t % r
                             )
 
-    return finish(bsr_cuda, ep)
+    return finish(bsr_kernel(m, matrix, body), ep)
 
 
 def pack_dense(weight: np.ndarray) -> np.ndarray:
     """W[N, K] packed for `dense_func`: [ceil(N/32), K, 32], zero-padded."""
-    from .dense import pack_weight
-
     return pack_weight(weight, WARP)

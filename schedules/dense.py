@@ -18,17 +18,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .cpu import (
-    ACC_SCOPE,
-    NO_EPILOGUE,
-    SPARE_REGISTERS,
-    TARGET_CHAINS,
-    CpuInfo,
-    Epilogue,
-    epilogue,
-    finish,
-    largest_divisor_at_most,
-)
+from .cpu import ACC_SCOPE, NO_EPILOGUE, TARGET_CHAINS, CpuInfo, Epilogue, finish, largest_divisor_at_most
+from .tiles import store_tile, sum_partials, zero_tile
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,7 @@ class DenseTiling:
 def choose_tiling(m: int, cpu: CpuInfo) -> DenseTiling:
     """Pick a register tile for batch `m` on `cpu`: two vectors wide, as many rows as fit."""
     vectors = 2
-    registers = cpu.registers - SPARE_REGISTERS
+    registers = cpu.accumulator_registers
     mt = largest_divisor_at_most(m, registers // vectors)
     ku = max(1, min(registers, TARGET_CHAINS) // (mt * vectors))
     return DenseTiling(vn=vectors * cpu.lanes, mt=mt, ku=ku)
@@ -65,12 +56,10 @@ def pack_weight(weight: np.ndarray, vn: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, vn, k).transpose(0, 2, 1))
 
 
-def dense_func(m: int, n: int, k: int, tiling: DenseTiling, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
-    """TensorIR kernel (x[M, K], W_packed[N/vn, K, vn], [bias]) -> y[M, N], parallel over weight blocks."""
-    vn, mt, ku = tiling.vn, tiling.mt, tiling.ku
+def dense_kernel(m: int, n: int, k: int, vn: int, body) -> tvm.tirx.PrimFunc:
+    """The PrimFunc (x[M, K], W_packed[ceil(N/vn), K, vn], bias[N], y[M, N]) whose body is the `T.macro`
+    ``body(x, w, bias, y)``: the packed weight's interface in one place, for the CPU and CUDA kernels."""
     blocks = -(-n // vn)
-    full_blocks = n // vn
-    k_main = k // ku * ku
 
     @T.prim_func(private=True)
     def dense(
@@ -80,12 +69,24 @@ def dense_func(m: int, n: int, k: int, tiling: DenseTiling, ep: Epilogue = NO_EP
         y: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
+        body(x, w, bias, y)
+
+    return dense
+
+
+def dense_func(m: int, n: int, k: int, tiling: DenseTiling, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
+    """TensorIR kernel (x[M, K], W_packed[N/vn, K, vn], [bias]) -> y[M, N], parallel over weight blocks."""
+    vn, mt, ku = tiling.vn, tiling.mt, tiling.ku
+    blocks = -(-n // vn)
+    full_blocks = n // vn
+    k_main = k // ku * ku
+
+    @T.macro
+    def body(x, w, bias, y):
         for nb in T.parallel(blocks):
             acc = T.alloc_buffer((ku, mt, vn), "float32", scope=ACC_SCOPE)
             for mo in range(m // mt):
-                for u, mi in T.grid(ku, mt):
-                    for v in T.vectorized(vn):
-                        acc[u, mi, v] = T.float32(0)
+                zero_tile(acc, ku, mt, vn)
                 for ko in range(k_main // ku):
                     for u in T.unroll(ku):
                         for mi in T.unroll(mt):
@@ -95,17 +96,7 @@ def dense_func(m: int, n: int, k: int, tiling: DenseTiling, ep: Epilogue = NO_EP
                     for mi in T.unroll(mt):
                         for v in T.vectorized(vn):
                             acc[0, mi, v] = acc[0, mi, v] + x[mo * mt + mi, k_main + kt] * w[nb, k_main + kt, v]
-                for u in range(1, ku):
-                    for mi in T.unroll(mt):
-                        for v in T.vectorized(vn):
-                            acc[0, mi, v] = acc[0, mi, v] + acc[u, mi, v]
-                if nb < full_blocks:
-                    for mi in T.unroll(mt):
-                        for v in T.vectorized(vn):
-                            y[mo * mt + mi, nb * vn + v] = epilogue(ep, acc[0, mi, v], bias, nb * vn + v)
-                else:
-                    for mi in T.unroll(mt):
-                        for v in T.unroll(n - full_blocks * vn):
-                            y[mo * mt + mi, nb * vn + v] = epilogue(ep, acc[0, mi, v], bias, nb * vn + v)
+                sum_partials(acc, ku, mt, vn)
+                store_tile(y, acc, ep, bias, mo * mt, nb * vn, mt, vn, nb < full_blocks, n - full_blocks * vn)
 
-    return finish(dense, ep)
+    return finish(dense_kernel(m, n, k, vn, body), ep)

@@ -22,17 +22,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .cpu import (
-    ACC_SCOPE,
-    NO_EPILOGUE,
-    SPARE_REGISTERS,
-    TARGET_CHAINS,
-    CpuInfo,
-    Epilogue,
-    epilogue,
-    finish,
-    largest_divisor_at_most,
-)
+from .cpu import ACC_SCOPE, NO_EPILOGUE, TARGET_CHAINS, CpuInfo, Epilogue, finish, largest_divisor_at_most
+from .tiles import store_tile, sum_partials, zero_tile
 
 #: Variable permutes over one vector register: (isa, lanes) -> LLVM intrinsic (a, int32 idx) -> a[idx].
 _PERMUTES = {
@@ -193,7 +184,7 @@ class NMTiling:
 
 def choose_tiling(m: int, layout: NMLayout, cpu: CpuInfo) -> NMTiling:
     """mt batch rows share each slot's values and indices; each row keeps one x window and ku accumulators."""
-    registers = cpu.registers - SPARE_REGISTERS
+    registers = cpu.accumulator_registers
     mt = largest_divisor_at_most(m, max(1, registers // 3))
     ku = max(1, min(TARGET_CHAINS, (registers - mt) // mt) // mt)
     spw = layout.slots_per_window
@@ -231,9 +222,7 @@ def nm_func(m: int, matrix: NMMatrix, tiling: NMTiling, ep: Epilogue = NO_EPILOG
         for nb in T.parallel(blocks):
             acc = T.alloc_buffer((ku, mt, vn), "float32", scope=ACC_SCOPE)
             for mo in range(m // mt):
-                for u, mi in T.grid(ku, mt):
-                    for v in T.vectorized(vn):
-                        acc[u, mi, v] = T.float32(0)
+                zero_tile(acc, ku, mt, vn)
                 for w in range(windows):
                     for s in T.unroll(spw):
                         for mi in T.unroll(mt):
@@ -251,17 +240,7 @@ def nm_func(m: int, matrix: NMMatrix, tiling: NMTiling, ep: Epilogue = NO_EPILOG
                                     acc[s % ku, mi, v] = acc[s % ku, mi, v] + values[nb, w * spw + s, v] * xp[
                                         mo * mt + mi, w * stride + T.Cast("int32", index[nb, w * spw + s, v])
                                     ]
-                for u in range(1, ku):
-                    for mi in T.unroll(mt):
-                        for v in T.vectorized(vn):
-                            acc[0, mi, v] = acc[0, mi, v] + acc[u, mi, v]
-                if nb < full_blocks:
-                    for mi in T.unroll(mt):
-                        for v in T.vectorized(vn):
-                            y[mo * mt + mi, nb * vn + v] = epilogue(ep, acc[0, mi, v], bias, nb * vn + v)
-                else:
-                    for mi in T.unroll(mt):
-                        for v in T.unroll(n_rows - full_blocks * vn):
-                            y[mo * mt + mi, nb * vn + v] = epilogue(ep, acc[0, mi, v], bias, nb * vn + v)
+                sum_partials(acc, ku, mt, vn)
+                store_tile(y, acc, ep, bias, mo * mt, nb * vn, mt, vn, nb < full_blocks, n_rows - full_blocks * vn)
 
     return finish(nm, ep)

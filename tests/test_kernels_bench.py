@@ -13,9 +13,18 @@ pytest.importorskip("scipy")
 
 from harness.cli import build_parser  # noqa: E402
 from harness.config import load_target  # noqa: E402
-from schedules import bench  # noqa: E402
+from harness.kernelbench import (  # noqa: E402
+    SUITE_FORMAT,
+    Plan,
+    format_table,
+    issue_checks,
+    kernel_suite,
+    write_json,
+)
+from harness.kernelbench.bandwidth import roofline  # noqa: E402
+from harness.kernelbench.timer import Clock, Timing  # noqa: E402
 
-TINY = bench.Plan(shapes=((64, 48),), batches=(1, 4), sparsities=(0.5, 0.9), blocks=((16, 1), (1, 1), (4, 4)),
+TINY = Plan(shapes=((64, 48),), batches=(1, 4), sparsities=(0.5, 0.9), blocks=((16, 1), (1, 1), (4, 4)),
                   nm=(2, 4), min_runs=3, max_runs=3, budget_s=0.0, slow_min_runs=2, warmup=1, settle_s=0.0,
                   attempts=1, passes=2)
 BANDWIDTH = {"llc_bytes": 32 << 20, "cache_buffer_bytes": 4 << 20, "dram_buffer_bytes": 128 << 20,
@@ -25,7 +34,7 @@ KEYS = {"shape", "batch", "sparsity", "format", "block", "impl", "median_us", "p
 
 @pytest.fixture(scope="module")
 def doc():
-    return bench.kernel_suite(TINY, load_target("local").tvm_target, log=lambda _: None, bandwidth=BANDWIDTH)
+    return kernel_suite(TINY, load_target("local").tvm_target, log=lambda _: None, bandwidth=BANDWIDTH)
 
 
 def test_records_cover_every_impl_and_format(doc):
@@ -46,33 +55,47 @@ def test_records_cover_every_impl_and_format(doc):
 
 
 def test_table_and_checks(doc):
-    table = bench.format_table(doc)
+    table = format_table(doc)
     assert "best sparse" in table and "issue #3 numbers" in table and "64x48" in table
-    claims = {c["claim"] for c in bench.issue_checks(doc)}
+    claims = {c["claim"] for c in issue_checks(doc)}
     assert ">= 1.3x np/ort, batch 1, 2:4" in claims and ">= 2x scipy CSR, batch 1, 90 %, 1x1" in claims
-    assert all(isinstance(c["ok"], bool) for c in bench.issue_checks(doc))
+    assert all(isinstance(c["ok"], bool) for c in issue_checks(doc))
 
 
 def test_json_round_trip(doc, tmp_path):
-    path = bench.write_json(doc, tmp_path / "k" / "kernels.json")
+    path = write_json(doc, tmp_path / "k" / "kernels.json")
     loaded = json.loads(path.read_text())
-    assert loaded["format"] == bench.SUITE_FORMAT and len(loaded["records"]) == len(doc["records"])
+    assert loaded["format"] == SUITE_FORMAT and len(loaded["records"]) == len(doc["records"])
 
 
 def test_roofline_picks_the_level_the_bytes_fit_in():
-    timing = bench.Timing(median_us=10.0, p90_us=11.0, n=20)
-    fraction, level = bench.roofline(400_000, timing, BANDWIDTH)  # 400 kB at 80 GB/s = 5 µs
+    timing = Timing(median_us=10.0, p90_us=11.0, n=20)
+    fraction, level = roofline(400_000, timing, BANDWIDTH)  # 400 kB at 80 GB/s = 5 µs
     assert level == "cache" and fraction == pytest.approx(0.5)
-    assert bench.roofline(64 << 20, timing, BANDWIDTH)[1] == "dram"
+    assert roofline(64 << 20, timing, BANDWIDTH)[1] == "dram"
 
 
 def test_noisy_measurements_are_retried():
-    clock = bench._Clock(bench.Plan(attempts=3, noisy_ratio=2.0))
-    seen = iter([bench.Timing(500.0, 900.0, 20, 100.0), bench.Timing(120.0, 130.0, 20, 100.0)])
-    timing = clock._steady(lambda: next(seen))
+    clock = Clock(Plan(attempts=3, noisy_ratio=2.0))
+    seen = iter([Timing(500.0, 900.0, 20, 100.0), Timing(120.0, 130.0, 20, 100.0)])
+    timing = clock.steady(lambda: next(seen))
     assert timing.median_us == 120.0 and timing.attempts == 2
 
 
 def test_cli_has_kernels_command():
     args = build_parser().parse_args(["kernels", "--quick", "--json", "out.json"])
     assert args.quick and str(args.json) == "out.json" and args.func.__name__ == "cmd_kernels"
+
+
+def test_kernelbench_does_not_import_tvm():
+    """TVM calls stay in schedules/ (STYLE.md): the benchmark reaches TVM only through `schedules.build`."""
+    import ast
+    from pathlib import Path
+
+    import harness.kernelbench
+
+    for path in Path(harness.kernelbench.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "tvm" or n.startswith("tvm.") for n in names), f"{path.name} imports {names}"

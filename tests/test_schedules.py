@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
+from harness.kernelbench.plan import block_pruned  # noqa: E402
 from schedules import bsr, dense, nm, rewrite_module, sell  # noqa: E402
-from schedules.bench import block_pruned, build_kernel  # noqa: E402
+from schedules.build import build_kernel  # noqa: E402
 from schedules.cpu import cpu_info  # noqa: E402
 
 AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "mattr": ["+avx2", "+fma"], "num-cores": 2}
