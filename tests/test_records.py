@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import random
-import sys
 
 import pytest
 
-from harness.paths import RUNNER_FILE
 from harness.records import (BuildRecord, DeviceMeta, EnergyRecord, LatencyStats, LayerRecord, ResultRow,
                              join_layers)
 from harness.report import CSV_COLUMNS
@@ -17,12 +15,8 @@ from harness.sparsify import LayerSparsity
 
 
 def _board_module(name: str):
-    """A board-side file (shipped next to the runner), loaded as the board loads it: by path, not by package."""
-    spec = importlib.util.spec_from_file_location(f"board_{name}", RUNNER_FILE.with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    """A module of the board package (``harness/board``: what the device runs)."""
+    return importlib.import_module(f"harness.board.{name}")
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -91,8 +85,8 @@ def test_energy_record_tolerates_old_and_new_runners():
 
 
 def test_device_meta_has_every_key_the_runner_collects():
-    runner = _board_module("runner")
-    collected = runner.device_metadata()
+    meta_module = _board_module("meta")
+    collected = meta_module.device_metadata()
     meta = DeviceMeta.from_json(collected)
     assert meta.extra == {}, "runner keys missing from DeviceMeta"
     assert set(collected) == set(_fields(DeviceMeta)) - {"extra"}
