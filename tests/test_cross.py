@@ -54,6 +54,7 @@ def build_for(model, variant, profile_name: str, role: str = "cpu"):
                               profile.tvm_targets[role], "ours", profile.toolchain))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["dense", "sparse"])
 def test_rpi5_builds_pass_under_emulation(digits, which):
     model, variants = digits
@@ -130,6 +131,7 @@ def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
 # a benchmark run for the Pi: aarch64 artifacts through the real ssh transport, "board" = this machine under qemu
 
 
+@pytest.mark.slow
 def test_run_for_rpi5_over_ssh_measures_aarch64_artifacts(sshd, tmp_path):
     from harness.compile import ArtifactCache
 

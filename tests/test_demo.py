@@ -2,9 +2,12 @@
 
 import csv
 
+import pytest
+
 from conftest import sparsebench
 
 
+@pytest.mark.slow
 def test_demo_quick_report(tmp_path):
     out, db = tmp_path / "demo", tmp_path / "results.db"
     proc = sparsebench("demo", "--quick", "--out", str(out), "--db", str(db), "--no-progress", timeout=900)
