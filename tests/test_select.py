@@ -104,3 +104,14 @@ def test_unreachable_device_means_the_rule_and_says_why(requests_):
     assert plan.layers and all(layer.choice == "rule" for layer in plan.layers)
     assert all("kernel selection on localhost failed" in layer.rule for layer in plan.layers)
     assert {layer.kernel for layer in plan.layers} >= {"bsr 16x1"}
+
+
+def test_corrupt_timing_cache_is_measured_again(requests_):
+    from harness.compile.select import timing_cache
+
+    first = _select(requests_[:1])
+    cache = timing_cache(first.plan.fingerprint)
+    cache.path.write_bytes(b"\x00not json")  # a torn write, a disk error: never trusted, never a crash
+    again = _select(requests_[:1])
+    assert again.timed > 0 and again.plan.note == ""
+    assert all(layer.choice == "measured" for layer in again.plan.layers)
