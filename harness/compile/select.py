@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,10 @@ def select_kernels(requests: Sequence[BuildRequest], *, transport, python: str, 
     for req in ours:
         if req.survey_key in selection.layers_of:
             continue
-        layers, found = _survey(req)
+        try:
+            layers, found = _survey(req)
+        except Exception:  # noqa: BLE001 - the model does not import: its build fails and says why, as a row
+            continue
         selection.layers_of[req.survey_key] = tuple(x.key for x in layers)
         for layer in layers:
             surveyed.setdefault(layer.key, layer)
@@ -172,7 +176,7 @@ def select_kernels(requests: Sequence[BuildRequest], *, transport, python: str, 
         if missing:
             # kernels whose layer came from the survey cache need its weights: import those models again
             for req in ours:
-                keys = selection.layers_of[req.survey_key]
+                keys = selection.layers_of.get(req.survey_key, ())
                 if any(missing_layer in keys and missing_layer not in weights
                        for _, missing_layer in missing.values()):
                     _survey_cache(req).path.unlink(missing_ok=True)
@@ -210,7 +214,12 @@ def _time_on_device(missing: dict, weights: dict, target: dict, toolchain_name: 
         weight, m, cpu = weights[layer_key]
         kernels.append((kkey, candidate, weight, m))
     with tempfile.TemporaryDirectory(prefix="sparsebench-select-") as tmp:
-        lib, npz, specs = export_bundle(kernels, cpu, target, find_toolchain(toolchain_name), tmp)
+        toolchain = find_toolchain(toolchain_name)
+        try:
+            lib, npz, specs = export_bundle(kernels, cpu, target, toolchain, tmp)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: the rule decides, and the plan says why
+            last = traceback.format_exception_only(type(err), err)[-1].strip()
+            raise HarnessError(f"building the timing bundle: {last[:500]}") from None
         result = time_kernels(transport, python, Path(lib), Path(npz), specs, repeat=REPEAT,
                               min_repeat_ms=MIN_REPEAT_MS, timeout_s=timeout_s)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
