@@ -56,10 +56,11 @@ def load_models(cfg: RunConfig) -> list[LoadedModel]:
             onnx_path, eval_path = zoo.materialize(spec.name)
         else:
             onnx_path, eval_path = spec.path, spec.eval_path
-        model = load_model(spec.name, onnx_path, eval_path)
-        check_importable(read_onnx(onnx_path), spec.name)
+        model = load_model(spec.name, onnx_path, eval_path, outputs=spec.outputs, shapes=dict(spec.shapes),
+                           vocab=dict(spec.vocab))
+        check_importable(read_onnx(model.path), spec.name)  # the model as cut to its outputs
         for batch in spec.batches:
-            model.shape_for_batch(batch)
+            model.shapes_for_batch(batch)
         loaded.append(model)
     return loaded
 
@@ -113,7 +114,7 @@ class Benchmark:
         from .compile.toolchains import check_run_toolchain
 
         self.toolchain = check_run_toolchain(self.profile, self.device_spec.transport_name(self.profile))
-        self._reference: dict[str, tuple[np.ndarray | None, str]] = {}
+        self._reference: dict[tuple[str, int], tuple[np.ndarray | None, str]] = {}
 
     def start(self, resume: str | None) -> str:
         """Create the run (or check the one to resume) and return its id."""
@@ -160,9 +161,8 @@ class Benchmark:
         """What to compile for ``job`` (without its kernel plan)."""
         from .compile.cache import BuildRequest
 
-        return BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.input_name,
-                            tuple(job.model.shape_for_batch(job.batch)), self.profile.tvm_target, self.kernels,
-                            self.profile.toolchain)
+        return BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.shapes_for_batch(job.batch),
+                            self.profile.tvm_target, self.kernels, self.profile.toolchain)
 
     def select(self, jobs: list[Job], transport):
         """The kernel-selection step: every candidate kernel of the jobs' layers timed on the device (or taken
@@ -208,8 +208,8 @@ class Benchmark:
             return row
         if self.progress:
             self.progress.step(f"run {job.key}")
-        dev = run_on_device(transport, artifact=built.artifact, eval_x=job.model.eval_x, batch=job.batch, measure=m,
-                            python=self.python, label=job.key)
+        dev = run_on_device(transport, artifact=built.artifact, inputs=job.model.eval_inputs, batch=job.batch,
+                            measure=m, python=self.python, label=job.key)
         overhead = {**row.overhead, **{f"{k}_s": v for k, v in dev.steps_s.items()}}
         if dev.result:
             overhead.update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
@@ -245,16 +245,17 @@ class Benchmark:
 
     def reference(self, job: Job) -> tuple[np.ndarray | None, str]:
         """(reference outputs of the variant's own ONNX -- pruned weights, dense math -- or None, why none).
-        Cached per variant; a failure makes the row INVALID with the reason, never a silent pass."""
+        Evaluated at the job's batch (the model's own, for a fixed-batch model), cached per variant and batch; a
+        failure makes the row INVALID with the reason, never a silent pass."""
         from .models.reference import reference_outputs
 
-        sha = job.variant.sha256
-        if sha not in self._reference:
+        key = (job.variant.sha256, job.batch)
+        if key not in self._reference:
             try:
-                outputs, _ = reference_outputs(job.variant.onnx_path, job.model.input_name, job.model.eval_x)
-                self._reference[sha] = (outputs, "")
+                outputs, _ = reference_outputs(job.variant.onnx_path, job.model.eval_inputs, job.batch)
+                self._reference[key] = (outputs, "")
             except Exception as err:  # any evaluator failure: reported in the row's reasons
-                self._reference[sha] = (None, f"{type(err).__name__}: {err}"[:500])
-        return self._reference[sha]
+                self._reference[key] = (None, f"{type(err).__name__}: {err}"[:500])
+        return self._reference[key]
 
 

@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="model.so, its folder, or an artifact key (`sparsebench results` column)")
     p.add_argument("--emulate", choices=("aarch64",), required=True,
                    help="run under qemu-user on a Debian sysroot built and cached on first use (~1 min)")
-    p.add_argument("--inputs", type=Path, metavar="X.npy", help="input rows (default: 32 seeded random rows)")
+    p.add_argument("--inputs", type=Path, metavar="X.npy",
+                   help="input rows: an .npy (one input) or an .npz of arrays by input name (default: 32 seeded "
+                        "random rows of the recorded inputs)")
     p.add_argument("--reference", metavar="HOST_MODEL.so", help="host build to compare with (default: build it)")
     p.add_argument("--batch", type=int, help="batch of the artifact (default: from its build.json)")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output scale (default 1e-4)")

@@ -66,6 +66,13 @@ class ModelSpec:
     batches: tuple[int, ...] = (1,)
     prune_first: bool | None = None  # None: [sparsify].prune_first
     prune_last: bool | None = None  # None: [sparsify].prune_last
+    # graph outputs (or tensors inside the graph) to keep, in order; the graph is cut to them. () = all outputs.
+    # Quality figures (accuracy, agreement, max error) use the first.
+    outputs: tuple[str, ...] = ()
+    # input name -> dims, fixing dims the model leaves dynamic; dim 0 (the batch) an int or a symbol such as "N"
+    shapes: tuple[tuple[str, tuple[int | str, ...]], ...] = ()
+    # integer input name ("*": every integer input) -> V: made-up ids are drawn from [0, V) (no evaluation set only)
+    vocab: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,13 +193,56 @@ def parse_method(text: str, where: str = "sparsify.methods") -> Method:
     )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_io(table: dict, where: str) -> dict:
+    """``outputs``, ``shapes`` and ``vocab`` of a [[models]] table, checked (whether the names exist is checked when
+    the model is loaded)."""
+    out: dict[str, Any] = {}
+    if "outputs" in table:
+        outputs = table["outputs"]
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) and o for o in outputs):
+            raise HarnessError(f"{where}: outputs must be a non-empty list of output names, e.g. "
+                               f"outputs = [\"probabilities\"], got {outputs!r}")
+        if len(set(outputs)) != len(outputs):
+            raise HarnessError(f"{where}: outputs {outputs!r} names an output twice; name each once")
+        out["outputs"] = tuple(outputs)
+    if "shapes" in table:
+        shapes = table["shapes"]
+        example = "shapes = {input_ids = [\"N\", 128]}"
+        if not isinstance(shapes, dict) or not shapes:
+            raise HarnessError(f"{where}: shapes must be a table of input name -> dims, e.g. {example}, "
+                               f"got {shapes!r}")
+        for name, dims in shapes.items():
+            ok = isinstance(dims, list) and dims and (_is_int(dims[0]) and dims[0] >= 1 or
+                                                      isinstance(dims[0], str) and dims[0]) \
+                and all(_is_int(d) and d >= 1 for d in dims[1:])
+            if not ok:
+                raise HarnessError(f"{where}: shapes.{name} must list the input's dims: positive sizes, the first "
+                                   f"(the batch) a size or a symbol such as \"N\", e.g. {example}; got {dims!r}")
+        out["shapes"] = tuple((name, tuple(dims)) for name, dims in shapes.items())
+    if "vocab" in table:
+        vocab = table["vocab"]
+        example = "vocab = 30522 or vocab = {input_ids = 30522, attention_mask = 2}"
+        table_form = vocab if isinstance(vocab, dict) else {"*": vocab}
+        if not table_form or not all(_is_int(v) and v >= 1 for v in table_form.values()):
+            raise HarnessError(f"{where}: vocab must be a positive integer (made-up integer inputs are drawn from "
+                               f"[0, vocab)) or a table of them by input name, e.g. {example}; got {vocab!r}")
+        out["vocab"] = tuple(table_form.items())
+    return out
+
+
 def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
-    where = f"models[{index}]"
-    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last"}, where)
+    where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
+    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab"},
+                where)
     prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
     for key, value in prune.items():
         if not isinstance(value, bool):
             raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
+    extra = {**prune, **_parse_io(table, where)}
     batches = table.get("batch", [1])
     if isinstance(batches, int):
         batches = [batches]
@@ -208,7 +258,7 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
                 f"{where}: unknown built-in model {name!r}; known: {', '.join(zoo.MODELS)} "
                 "(or give path = \"model.onnx\")"
             )
-        return ModelSpec(name=name, batches=tuple(batches), **prune)
+        return ModelSpec(name=name, batches=tuple(batches), **extra)
     onnx_path = (base / path).resolve()
     eval_path = table.get("eval")
     return ModelSpec(
@@ -216,7 +266,7 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
         path=onnx_path,
         eval_path=(base / eval_path).resolve() if eval_path else None,
         batches=tuple(batches),
-        **prune,
+        **extra,
     )
 
 

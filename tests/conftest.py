@@ -68,7 +68,9 @@ def small_model(tmp_path_factory) -> tuple[Path, Path]:
 
 def write_config(path: Path, *, model: Path, eval_set: Path | None, db: Path, levels=(0, 0.5, 0.9),
                  methods=("unstructured", "block:8x1"), batch=(1,), target="local", min_s=0.05, min_runs=20,
-                 extra: str = "") -> Path:
+                 extra: str = "", name: str = "small", model_extra: str = "") -> Path:
+    """A config for one model; ``extra``: more top-level TOML (before [[models]]); ``model_extra``: more keys of the
+    [[models]] table (``outputs = [...]``, ``shapes = {...}``)."""
     eval_line = f'eval = "{eval_set}"' if eval_set else ""
     path.write_text(f"""
 [run]
@@ -86,10 +88,11 @@ min_s = {min_s}
 max_cv = 10.0
 {extra}
 [[models]]
-name = "small"
+name = "{name}"
 path = "{model}"
 {eval_line}
 batch = {list(batch)}
+{model_extra}
 """)
     return path
 

@@ -50,8 +50,8 @@ def build_for(model, variant, profile_name: str, role: str = "cpu"):
     from harness.compile.tvm_adapter import build
 
     profile = load_target(profile_name)
-    return build(BuildRequest(variant.onnx_path, variant.sha256, model.input_name, tuple(model.shape_for_batch(1)),
-                              profile.tvm_targets[role], "ours", profile.toolchain))
+    return build(BuildRequest(variant.onnx_path, variant.sha256, model.shapes_for_batch(1), profile.tvm_targets[role],
+                              "ours", profile.toolchain))
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ def test_rpi5_builds_pass_under_emulation(digits, which):
     kernels = {layer["kernel"] for layer in built.layers}
     assert ("bsr" in kernels) == (which == "sparse"), built.layers  # the sparse build really runs our BSR kernel
 
-    result = verify_artifact(built.artifact, arch="aarch64", inputs=model.eval_x[:48])
+    result = verify_artifact(built.artifact, arch="aarch64", inputs=model.eval_inputs["x"][:48])
     assert result.ok, result.summary()
     assert result.n_outputs == 48 and result.max_abs_err <= 1e-4 * result.scale
     assert result.device_meta["machine"] == "aarch64" and result.device_meta["tvm_runtime_only"]
@@ -209,7 +209,7 @@ def test_missing_aarch64_toolchain_is_one_clear_error(monkeypatch, tmp_path, dig
     assert store.list_runs() == []
 
     model, variants = digits  # the compile room itself: an error row, not an exception
-    built = build(BuildRequest(variants["dense"].onnx_path, variants["dense"].sha256, model.input_name, (1, 64),
+    built = build(BuildRequest(variants["dense"].onnx_path, variants["dense"].sha256, model.shapes_for_batch(1),
                                load_target("rpi5").tvm_target, "ours", "aarch64-linux-gnu"))
     assert built.artifact is None and built.error.startswith("toolchain: no aarch64 cross linker")
 
@@ -279,7 +279,7 @@ def test_cuda_kernels_load_in_the_format_the_plan_says(digits, tmp_path):
     from harness.compile.tvm_adapter import build
 
     host = load_target("local").tvm_target
-    built = build(BuildRequest(variants["dense"].onnx_path, variants["dense"].sha256, model.input_name, (1, 64),
+    built = build(BuildRequest(variants["dense"].onnx_path, variants["dense"].sha256, model.shapes_for_batch(1),
                                {"kind": "cuda", "arch": "sm_90", "host": host}, "ours", "native"))
     assert built.error is None, built.error
     script = tmp_path / "load.py"

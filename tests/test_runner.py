@@ -62,9 +62,9 @@ def test_upload_board_and_board_command(tmp_path):
 def test_runner_reports_failure_as_data(tmp_path):
     """A job whose artifact is missing comes back as ok=false with the error, plus device metadata."""
     upload_board(LocalTransport(), str(tmp_path))
-    np.save(tmp_path / "x.npy", np.zeros((2, 4), np.float32))
-    job = {"artifact": str(tmp_path / "missing.so"), "eval_x": str(tmp_path / "x.npy"), "batch": 1,
-           "warmup_runs": 1, "warmup_s": 0, "min_runs": 1, "min_s": 0, "max_runs": 10}
+    np.savez(tmp_path / "x.npz", np.zeros((2, 4), np.float32))
+    job = {"artifact": str(tmp_path / "missing.so"), "eval_inputs": str(tmp_path / "x.npz"), "input_names": ["x"],
+           "batch": 1, "warmup_runs": 1, "warmup_s": 0, "min_runs": 1, "min_s": 0, "max_runs": 10}
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
     env.pop("PYTHONPATH", None)  # the shipped package is found in the work directory, as on a board

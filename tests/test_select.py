@@ -14,6 +14,7 @@ from harness.compile.cache import BuildRequest, build_key
 from harness.compile.plan import KernelPlan
 from harness.compile.select import select_kernels
 from harness.config import Method, load_target
+from harness.models.inputs import InputSpec
 from harness.transports.local import LocalTransport
 
 
@@ -36,7 +37,8 @@ def requests_(tmp_path_factory, _own_cache):
     out = []
     for method, level in ((None, 0.0), (Method("block", (16, 1)), 0.9)):
         v = make_variant("small", model, method, level, folder / "variants")
-        out.append(BuildRequest(v.onnx_path, v.sha256, "x", (1, 48), target, "ours", "native"))
+        inputs = (InputSpec("x", "float32", (1, 48)),)
+        out.append(BuildRequest(v.onnx_path, v.sha256, inputs, target, "ours", "native"))
     return out
 
 

@@ -4,9 +4,9 @@ Part of the board package: runs on boards with only numpy and the TVM *runtime* 
 compiler, ``tvm.runtime.vm.VirtualMachine``), and imports nothing from sparsebench.
 
 Usage: ``python -m sparsebench_board.runner JOB.json``, run in the folder that holds the package. The job names
-the artifact, an ``.npy`` of evaluation inputs, the batch, the timing rules and the energy settings; the runner
-writes ``result.json`` (and ``outputs.npy``) next to the job file and prints the result JSON as its last stdout
-line.
+the artifact, an ``.npz`` of evaluation inputs (one array per model input, in the model's input order), the batch,
+the timing rules and the energy settings; the runner writes ``result.json`` (and ``outputs.npy``: the first output
+of the model for every evaluation row) next to the job file and prints the result JSON as its last stdout line.
 
 Timing: warm-up until both ``warmup_runs`` and ``warmup_s`` are reached; then every iteration is timed on its own
 (perf_counter_ns around one call, with a device sync) until both ``min_runs`` and ``min_s`` are reached, capped
@@ -64,6 +64,33 @@ def _measure_energy(run_once, cfg: dict) -> dict:
                                   window_s=cfg.get("window_s", 3.0), rate_hz=cfg.get("rate_hz", 50.0))
 
 
+def load_inputs(job: dict) -> list:
+    """The evaluation inputs of the job, in the model's input order: arrays ``arr_0``, ``arr_1``... of the ``.npz``
+    the job names (numbered, not named: an input name need not be a valid file name inside a zip)."""
+    import numpy as np
+
+    names = job["input_names"]
+    with np.load(job["eval_inputs"], allow_pickle=False) as data:
+        arrays = [np.ascontiguousarray(data[f"arr_{i}"]) for i in range(len(names))]
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"inputs {names} have different row counts {[len(a) for a in arrays]}")
+    return arrays
+
+
+def as_batches(arrays: list, batch: int):
+    """``(chunks, real)``: every array cut into chunks of exactly ``batch`` rows (the artifact has a static batch),
+    ``real`` of them real; the last chunk is padded with copies of its last row (a zero row can be a degenerate
+    input: an all-zero attention mask divides by zero). The host's reference evaluation chunks the same way."""
+    import numpy as np
+
+    for start in range(0, len(arrays[0]), batch):
+        chunks = [a[start:start + batch] for a in arrays]
+        real = len(chunks[0])
+        if real < batch:
+            chunks = [np.concatenate([c, np.repeat(c[-1:], batch - real, axis=0)]) for c in chunks]
+        yield chunks, real
+
+
 def run_job(job: dict, workdir: Path) -> dict:
     import numpy as np
 
@@ -75,23 +102,13 @@ def run_job(job: dict, workdir: Path) -> dict:
     rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     batch = int(job["batch"])
-    eval_x = np.load(job["eval_x"]).astype(np.float32)
-
-    def as_batches(x):
-        """Chunks of exactly ``batch`` rows (the artifact has a static batch); the last one zero-padded."""
-        for start in range(0, len(x), batch):
-            chunk = x[start:start + batch]
-            real = len(chunk)
-            if real < batch:
-                chunk = np.concatenate([chunk, np.zeros((batch - real, *chunk.shape[1:]), chunk.dtype)])
-            yield chunk, real
-
-    timing_input = tvm.runtime.tensor(next(as_batches(eval_x))[0], dev)
+    inputs = load_inputs(job)
+    timing_input = [tvm.runtime.tensor(chunk, dev) for chunk in next(as_batches(inputs, batch))[0]]
 
     # warm-up: both a run count and a duration, so caches, clocks and lazy init settle
     warm_n, start = 0, time.perf_counter()
     while warm_n < job["warmup_runs"] or time.perf_counter() - start < job["warmup_s"]:
-        main(timing_input)
+        main(*timing_input)
         dev.sync()
         warm_n += 1
     warmup_s = time.perf_counter() - start
@@ -102,7 +119,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     while (len(samples_ns) < job["min_runs"] or time.perf_counter() - start < job["min_s"]) \
             and len(samples_ns) < job["max_runs"]:
         t = clock()
-        main(timing_input)
+        main(*timing_input)
         dev.sync()
         samples_ns.append(clock() - t)
     measure_s = time.perf_counter() - start
@@ -110,13 +127,13 @@ def run_job(job: dict, workdir: Path) -> dict:
     # energy: its own phase after the latency loop (sampling must not disturb the latencies), only with a sensor
     energy_cfg = job.get("energy") or {}
     start = time.perf_counter()
-    energy = _measure_energy(lambda: (main(timing_input), dev.sync()), energy_cfg)
+    energy = _measure_energy(lambda: (main(*timing_input), dev.sync()), energy_cfg)
     energy_s = time.perf_counter() - start
 
     outputs = []
     start = time.perf_counter()
-    for chunk, real in as_batches(eval_x):
-        out = _first_output(main(tvm.runtime.tensor(chunk, dev))).numpy()
+    for chunks, real in as_batches(inputs, batch):
+        out = _first_output(main(*[tvm.runtime.tensor(c, dev) for c in chunks])).numpy()
         outputs.append(out[:real])
     eval_s = time.perf_counter() - start
     out_path = workdir / "outputs.npy"

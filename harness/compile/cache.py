@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models.inputs import InputSpec
 from ..paths import cache_dir
 from .plan import KernelPlan
 
@@ -18,21 +19,26 @@ BUILD_FORMAT = 2
 
 @dataclass(frozen=True)
 class BuildRequest:
-    """What to compile: one variant's ONNX at a static input shape for one TVM target."""
+    """What to compile: one variant's ONNX at static input shapes for one TVM target."""
 
     onnx_path: Path
     onnx_sha256: str
-    input_name: str
-    input_shape: tuple[int, ...]
+    inputs: tuple[InputSpec, ...]  # every graph input: name, dtype and static shape (dim 0: the batch)
     target: dict  # TVM target dict
     kernels: str = "ours"  # "ours": schedules/ rewrite; "tvm-default": TVM's default pipeline only
     toolchain: str = "native"  # the profile's [build].toolchain: what links the artifact (compile/toolchains.py)
     plan: KernelPlan | None = None  # per-layer kernel choices (compile/select.py); None: the rule decides
 
     @property
+    def batch(self) -> int:
+        """The static batch (dim 0 of every input)."""
+        return int(self.inputs[0].shape[0])
+
+    @property
     def survey_key(self) -> str:
-        """What decides which layers (and so which kernel choices) a build has: model, shape, target, kernels."""
-        material = {"onnx": self.onnx_sha256, "input": [self.input_name, list(self.input_shape)],
+        """What decides which layers (and so which kernel choices) a build has: model, input shapes and dtypes,
+        target, kernels."""
+        material = {"onnx": self.onnx_sha256, "inputs": [s.to_json() for s in self.inputs],
                     "target": self.target, "schedules": schedules_hash()}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -73,12 +79,13 @@ def schedules_hash() -> str:
 
 
 def build_key(req: BuildRequest, tvm_version: str, linker: str = "") -> str:
-    """Content address of an artifact: model bytes, input shape, target, kernels and their per-layer choices,
-    schedule sources, TVM version, toolchain (``linker``: the resolved linker and CUDA mode, ``Toolchain.identity``)."""
+    """Content address of an artifact: model bytes, every input's name, shape and dtype, target, kernels and their
+    per-layer choices, schedule sources, TVM version, toolchain (``linker``: the resolved linker and CUDA mode,
+    ``Toolchain.identity``)."""
     material = {
         "format": BUILD_FORMAT,
         "onnx": req.onnx_sha256,
-        "input": [req.input_name, list(req.input_shape)],
+        "inputs": [s.to_json() for s in req.inputs],
         "target": req.target,
         "kernels": req.kernels,
         "plan": (req.plan.choice_digest() if req.plan else "rule") if req.kernels == "ours" else "",

@@ -6,6 +6,7 @@ support.cc): keeping every call here keeps the damage of the next move in one fi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -30,13 +31,21 @@ def unsupported_ops(model) -> list[str]:
 
 
 def check_importable(model, name: str) -> None:
-    """Refuse a model with operators the compiler cannot handle, naming them (before anything is measured)."""
+    """Refuse a model with operators the compiler cannot handle, naming them, the outputs they feed and the
+    outputs to keep instead (before anything is measured)."""
+    from ..models.onnx_io import compilable_outputs, outputs_fed_by
+
     missing = unsupported_ops(model)
-    if missing:
-        raise HarnessError(
-            f"model {name}: operator(s) {', '.join(missing)} not supported by TVM {tvm_version()}'s ONNX importer; "
-            "replace them in the model (e.g. re-export with a different opset) or decompose them"
-        )
+    if not missing:
+        return
+    fed = outputs_fed_by(model, set(missing))
+    ops = ", ".join(f"{op} (feeds output {', '.join(map(repr, fed[op]))})" if fed[op] else op for op in missing)
+    keep = compilable_outputs(model, set(missing))
+    # json.dumps of a list of names is also its TOML spelling
+    fix = (f"keep only what TVM can compile with outputs = {json.dumps(keep)} in the model's [[models]] table, or "
+           "replace the operator(s) in the model") if keep else \
+        "replace them in the model (e.g. re-export with a different opset) or decompose them"
+    raise HarnessError(f"model {name}: operator(s) {ops} not supported by TVM {tvm_version()}'s ONNX importer; {fix}")
 
 
 def make_target(target: dict):
@@ -47,13 +56,15 @@ def make_target(target: dict):
 
 
 def import_onnx(req: BuildRequest):
-    """The variant's ONNX as a Relax module at the request's static input shape (weights as constants), plus the
-    ``onnx.ModelProto``."""
+    """The variant's ONNX as a Relax module at the request's static input shapes and dtypes (weights as constants),
+    plus the ``onnx.ModelProto``. The kernel survey (``survey``) imports through here too, so it sees the same
+    shapes as the compile."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
     model = onnx.load(str(req.onnx_path))
-    mod = from_onnx(model, shape_dict={req.input_name: list(req.input_shape)}, keep_params_in_input=False)
+    mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in req.inputs},
+                    dtype_dict={s.name: s.dtype for s in req.inputs}, keep_params_in_input=False)
     return mod, model
 
 
@@ -207,8 +218,8 @@ def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
     compile_s = time.perf_counter() - start
     lib = folder / "model.so"
     tmp.replace(lib)
-    request = {"onnx_path": str(req.onnx_path), "onnx_sha256": req.onnx_sha256, "input_name": req.input_name,
-               "input_shape": list(req.input_shape), "target": req.target, "kernels": req.kernels,
+    request = {"onnx_path": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
+               "inputs": [spec.to_json() for spec in req.inputs], "target": req.target, "kernels": req.kernels,
                "toolchain": req.toolchain}
     plan = req.plan.to_json() if req.plan is not None else None
     cache.store(key, compile_s, layers, version, {"toolchain": linker, "notes": notes, "request": request,

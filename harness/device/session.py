@@ -38,9 +38,10 @@ def _timed(steps: dict, name: str):
         steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
 
 
-def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, batch: int, measure: MeasureConfig,
-                  python: str = "", label: str = "job", keep: bool = False) -> DeviceRun:
-    """Upload ``artifact`` + the board package + inputs, run the board's runner with the TVM runtime only, fetch its
+def run_on_device(transport: Transport, *, artifact: Path, inputs: dict[str, np.ndarray], batch: int,
+                  measure: MeasureConfig, python: str = "", label: str = "job", keep: bool = False) -> DeviceRun:
+    """Upload ``artifact`` + the board package + the evaluation ``inputs`` (one array per model input, in the
+    model's input order, each of its input's dtype), run the board's runner with the TVM runtime only, fetch its
     results."""
     run = DeviceRun()
     steps = run.steps_s
@@ -52,16 +53,18 @@ def run_on_device(transport: Transport, *, artifact: Path, eval_x: np.ndarray, b
             workdir = transport.make_workdir(label)
         with tempfile.TemporaryDirectory(prefix="sparsebench-job-") as tmp:
             tmp = Path(tmp)
-            np.save(tmp / "eval_x.npy", np.ascontiguousarray(eval_x, dtype=np.float32))
+            # numbered arrays in input order (an input name need not be a valid file name inside the .npz)
+            np.savez(tmp / "inputs.npz", *[np.ascontiguousarray(a) for a in inputs.values()])
             with _timed(steps, "upload"):
                 remote_lib = transport.put(artifact, workdir, "model.so")
                 upload_board(transport, workdir)
-                remote_x = transport.put(tmp / "eval_x.npy", workdir)
+                remote_inputs = transport.put(tmp / "inputs.npz", workdir)
                 energy = {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
                           "rate_hz": measure.energy_rate_hz, "root": measure.sensor_root}
                 if measure.meter_command:
                     energy["meter_command"] = list(measure.meter_command)
-                job = {"artifact": remote_lib, "eval_x": remote_x, "batch": batch, "device": "cpu",
+                job = {"artifact": remote_lib, "eval_inputs": remote_inputs, "input_names": list(inputs),
+                       "batch": batch, "device": "cpu",
                        "warmup_runs": measure.warmup_runs, "warmup_s": measure.warmup_s,
                        "min_runs": measure.min_runs, "min_s": measure.min_s, "max_runs": measure.max_runs,
                        "energy": energy}

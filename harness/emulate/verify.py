@@ -87,7 +87,17 @@ def _request(artifact: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     request = meta.get("request")
-    return {**request, "plan": meta.get("plan")} if isinstance(request, dict) else None
+    if not isinstance(request, dict):
+        return None
+    if "inputs" not in request and "input_name" in request:  # written before models could have several inputs
+        request["inputs"] = [[request["input_name"], request["input_shape"], "float32"]]
+    return {**request, "plan": meta.get("plan")}
+
+
+def _request_inputs(req: dict):
+    from ..models.inputs import InputSpec
+
+    return tuple(InputSpec.from_json(spec) for spec in req["inputs"])
 
 
 def _host_build(req: dict, log) -> Path:
@@ -104,21 +114,23 @@ def _host_build(req: dict, log) -> Path:
     log("building the same variant for this machine")
     # the artifact's own kernel plan: the host build uses the same kernel for every layer
     plan = KernelPlan.from_json(req["plan"]) if req.get("plan") else None
-    built = build(BuildRequest(onnx_path, req["onnx_sha256"], req["input_name"], tuple(req["input_shape"]),
-                               load_target("local").tvm_target, req.get("kernels", "ours"), "native", plan))
+    built = build(BuildRequest(onnx_path, req["onnx_sha256"], _request_inputs(req), load_target("local").tvm_target,
+                               req.get("kernels", "ours"), "native", plan))
     if built.error:
         raise HarnessError(f"host build: {built.error}")
     return built.artifact
 
 
-def verify_artifact(artifact: str | Path, *, arch: str = "aarch64", inputs: np.ndarray | str | Path | None = None,
-                    reference: str | Path | None = None, batch: int | None = None, rtol: float = 1e-4,
-                    samples: int = 32, log: Callable[[str], None] | None = None) -> VerifyResult:
+def verify_artifact(artifact: str | Path, *, arch: str = "aarch64",
+                    inputs: np.ndarray | dict | str | Path | None = None, reference: str | Path | None = None,
+                    batch: int | None = None, rtol: float = 1e-4, samples: int = 32,
+                    log: Callable[[str], None] | None = None) -> VerifyResult:
     """Run ``artifact`` under qemu-``arch`` and compare its outputs with the host build of the same variant.
 
-    ``inputs``: rows to evaluate (array or ``.npy``); default ``samples`` seeded normal rows of the recorded input
-    shape. ``reference``: a host ``model.so`` to compare with instead of building one. ``batch``: needed only for
-    artifacts without a ``build.json``. Setup problems (no qemu, no sysroot, wrong architecture) raise
+    ``inputs``: rows to evaluate -- an array or ``.npy`` (a single-input model), or a dict / ``.npz`` of arrays by
+    input name; default ``samples`` seeded rows of the recorded input shapes and dtypes. ``reference``: a host
+    ``model.so`` to compare with instead of building one. ``batch``: needed only for artifacts without a
+    ``build.json``. Setup problems (no qemu, no sysroot, wrong architecture, inputs that do not fit) raise
     :class:`HarnessError`; a failed run or a mismatch comes back as a result with ``ok`` False.
     """
     from ..config import MeasureConfig
@@ -138,18 +150,12 @@ def verify_artifact(artifact: str | Path, *, arch: str = "aarch64", inputs: np.n
     if req and req.get("target", {}).get("kind") == "cuda":
         raise HarnessError(f"{path} holds CUDA kernels: emulation checks CPU artifacts; build the profile's CPU "
                            "target (the [tvm].target) to check it here")
+    specs = _request_inputs(req) if req else None
     if batch is None:
         if req is None:
             raise HarnessError(f"{path} has no build.json with its request: pass --batch and --reference")
-        batch = int(req["input_shape"][0])
-    if inputs is None:
-        if req is None:
-            raise HarnessError(f"{path} has no build.json with its input shape: pass --inputs X.npy")
-        shape = tuple(req["input_shape"][1:])
-        inputs = np.random.default_rng(0).normal(0, 1, (max(samples, batch), *shape)).astype(np.float32)
-    elif not isinstance(inputs, np.ndarray):
-        inputs = np.load(Path(inputs))
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        batch = specs[0].shape[0]
+    inputs = _verify_inputs(inputs, specs, path, max(samples, batch))
 
     if reference is not None:
         host_lib = resolve_artifact(reference)
@@ -165,13 +171,13 @@ def verify_artifact(artifact: str | Path, *, arch: str = "aarch64", inputs: np.n
     quick = MeasureConfig(warmup_runs=1, warmup_s=0.0, min_runs=3, min_s=0.0, max_runs=3, timeout_s=1800.0,
                           energy_idle_s=0.0, energy_window_s=0.0)
     log(f"running {path.name} under qemu-{arch}")
-    emu = run_on_device(EmulatedTransport(sysroot), artifact=path, eval_x=inputs, batch=batch, measure=quick,
+    emu = run_on_device(EmulatedTransport(sysroot), artifact=path, inputs=inputs, batch=batch, measure=quick,
                         label="verify-emulated")
     base = dict(artifact=path, arch=arch, rtol=rtol, host_artifact=host_lib,
                 emulated_s=emu.steps_s.get("run"), device_meta=(emu.result or {}).get("device_meta"))
     if emu.error:
         return VerifyResult(ok=False, error=f"emulated {emu.error}", **base)
-    host = run_on_device(LocalTransport(), artifact=host_lib, eval_x=inputs, batch=batch, measure=quick,
+    host = run_on_device(LocalTransport(), artifact=host_lib, inputs=inputs, batch=batch, measure=quick,
                          label="verify-host")
     base["host_s"] = host.steps_s.get("run")
     if host.error:
@@ -184,3 +190,44 @@ def verify_artifact(artifact: str | Path, *, arch: str = "aarch64", inputs: np.n
     scale = float(np.max(np.abs(b))) if b.size else 0.0
     ok = bool(np.isfinite(a).all() and np.isfinite(b).all() and err <= rtol * max(scale, 1e-30))
     return VerifyResult(ok=ok, n_outputs=int(a.shape[0]), max_abs_err=err, scale=scale, **base)
+
+
+def _verify_inputs(given, specs, path: Path, rows: int) -> dict[str, np.ndarray]:
+    """The rows to evaluate, by input name: seeded ones of the recorded inputs, or the ones given (an array or
+    ``.npy`` for a single input, a dict or ``.npz`` by input name), checked against the recorded inputs."""
+    from ..models.inputs import synthetic_inputs
+
+    if given is None:
+        if specs is None:
+            raise HarnessError(f"{path} has no build.json with its input shapes: pass --inputs X.npy (or an .npz "
+                               "with one array per input name)")
+        return synthetic_inputs(specs, n=rows)
+    if isinstance(given, (str, Path)):
+        source = Path(given)
+        try:
+            if source.suffix == ".npz":
+                with np.load(source, allow_pickle=False) as data:
+                    given = {name: data[name] for name in data.files}
+            else:
+                given = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise HarnessError(f"--inputs {source}: not a readable .npy/.npz ({err})") from None
+    if not isinstance(given, dict):
+        if specs is not None and len(specs) != 1:
+            raise HarnessError(f"{path} takes {len(specs)} inputs ({', '.join(s.name for s in specs)}): give an .npz "
+                               "with one array per input name")
+        given = {specs[0].name if specs else "x": given}
+    if specs is None:
+        return {name: np.ascontiguousarray(a) for name, a in given.items()}
+    out = {}
+    for spec in specs:
+        array = given.get(spec.name, given.get("x") if len(specs) == 1 else None)
+        if array is None:
+            raise HarnessError(f"inputs for {path}: no array {spec.name!r} (has: {', '.join(given)}); name the "
+                               "arrays by input name")
+        array = np.asarray(array)
+        if tuple(array.shape[1:]) != tuple(spec.shape[1:]) or np.dtype(spec.dtype).kind != array.dtype.kind:
+            raise HarnessError(f"inputs for {path}: {spec.name!r} expects rows of {list(spec.shape[1:])} "
+                               f"{spec.dtype}, got {list(array.shape[1:])} {array.dtype}")
+        out[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    return out

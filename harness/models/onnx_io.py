@@ -1,14 +1,20 @@
-"""Load and check ONNX models and their evaluation sets, with errors that name the file and the fix."""
+"""Load and check ONNX models (cut to the outputs asked for) and their evaluation inputs, with errors that name the
+file and the fix."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HarnessError
+from ..paths import cache_dir
+from .inputs import (InputSpec, apply_shapes, check_batch_dims, check_shared_dims, declared_inputs, index_ranges,
+                     read_eval_set, static_shapes, synthetic_inputs)
 
 
 @dataclass(frozen=True)
@@ -16,28 +22,21 @@ class LoadedModel:
     """A checked ONNX model on disk plus what the pipeline needs to know about it."""
 
     name: str
-    path: Path
-    sha256: str
-    input_name: str
-    input_shape: tuple  # dims; a str for a symbolic dim (the batch), an int otherwise
-    eval_x: np.ndarray  # evaluation inputs, float32, [n, ...]
+    path: Path  # the model as benchmarked: the ONNX file, or its cut to the configured outputs
+    sha256: str  # of ``path``'s bytes
+    inputs: tuple[InputSpec, ...]  # graph inputs in graph order; dims other than the batch (dim 0) are ints
+    outputs: tuple[str, ...]  # graph outputs in order; quality figures use the first
+    eval_inputs: dict[str, np.ndarray]  # evaluation rows per input name, each of its input's dtype, [n, ...]
     eval_y: np.ndarray | None  # int labels or None (then quality = fidelity to the dense variant)
 
-    def shape_for_batch(self, batch: int) -> list[int]:
-        """The static input shape at ``batch``; refuses a batch the model's fixed first dim cannot take."""
-        first = self.input_shape[0]
-        if isinstance(first, int) and first != batch:
-            raise HarnessError(
-                f"model {self.name}: input {self.input_name!r} has a fixed batch of {first}, cannot run batch {batch}; "
-                f"use batch = [{first}] or export the model with a symbolic batch dimension"
-            )
-        rest = list(self.input_shape[1:])
-        if any(not isinstance(d, int) for d in rest):
-            raise HarnessError(
-                f"model {self.name}: input {self.input_name!r} has symbolic non-batch dims {self.input_shape}; "
-                "export it with static shapes except the batch"
-            )
-        return [batch, *rest]
+    @property
+    def n_eval(self) -> int:
+        """Rows in the evaluation set."""
+        return len(next(iter(self.eval_inputs.values())))
+
+    def shapes_for_batch(self, batch: int) -> tuple[InputSpec, ...]:
+        """Every input at ``batch`` (static shapes); refuses a batch an input's fixed dim 0 cannot take."""
+        return static_shapes(self.inputs, batch, self.name)
 
 
 def file_sha256(path: Path) -> str:
@@ -68,57 +67,122 @@ def read_onnx(path: Path) -> "onnx.ModelProto":
     return model
 
 
-def graph_input(model) -> tuple[str, tuple]:
-    """The single non-initializer graph input: (name, dims with symbolic dims as str)."""
-    inits = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise HarnessError(
-            f"model has {len(inputs)} graph inputs ({', '.join(i.name for i in inputs)}); sparsebench supports "
-            "models with exactly one input tensor"
-        )
-    dims = tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "N")
-        for d in inputs[0].type.tensor_type.shape.dim
-    )
-    return inputs[0].name, dims
+def graph_outputs(model) -> list[str]:
+    """The names of the graph's outputs, in order."""
+    return [o.name for o in model.graph.output]
 
 
-def load_eval_set(path: Path, input_shape: tuple, model_name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read ``x`` (and optional ``y`` labels) from an ``.npz``; check ``x`` matches the model's input."""
-    if not path.is_file():
-        raise HarnessError(f"evaluation set {path} does not exist; give eval = \"data.npz\" with arrays x (and y)")
+def keep_outputs(model, outputs: Sequence[str], model_name: str):
+    """``model`` cut to ``outputs`` (graph outputs or tensors inside the graph, in this order): only the nodes they
+    need, and only the inputs those nodes read (``onnx.utils.Extractor``)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    produced = {name for node in model.graph.node for name in node.output if name}
+    known = graph_outputs(model)
+    unknown = [o for o in outputs if o not in produced and o not in known]
+    if unknown:
+        raise HarnessError(f"model {model_name}: outputs names {', '.join(map(repr, unknown))}, which the graph does "
+                           f"not have; its outputs: {', '.join(known)} (or name a tensor inside the graph)")
     try:
-        with np.load(path) as data:
-            if "x" not in data:
-                raise HarnessError(f"evaluation set {path} has no array 'x' (has: {', '.join(data.files)})")
-            x = np.asarray(data["x"], dtype=np.float32)
-            y = np.asarray(data["y"]).astype(np.int64) if "y" in data else None
-    except HarnessError:
-        raise
-    except Exception as err:
-        raise HarnessError(f"evaluation set {path} is not a readable .npz ({err}); save it with numpy.savez") from None
-    if tuple(x.shape[1:]) != tuple(input_shape[1:]):
-        raise HarnessError(
-            f"evaluation set {path}: x has sample shape {list(x.shape[1:])} but model {model_name} expects "
-            f"{list(input_shape[1:])}"
-        )
-    if y is not None and len(y) != len(x):
-        raise HarnessError(f"evaluation set {path}: {len(x)} inputs but {len(y)} labels")
-    return x, y
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is only for the types of cut points; without it they stay untyped
+        inferred = model
+    extractor = Extractor(inferred)
+    for name in outputs:  # a cut point the inference could not type still becomes an output
+        extractor.value_infos.setdefault(name, onnx.helper.make_empty_tensor_value_info(name))
+    inits = {init.name for init in model.graph.initializer}
+    used = _needed_tensors(model, outputs)
+    inputs = [i.name for i in model.graph.input if i.name not in inits and i.name in used]
+    try:
+        cut = extractor.extract_model(inputs, list(outputs))
+        onnx.checker.check_model(cut)
+    except Exception as err:  # onnx's own checks on the cut graph
+        raise HarnessError(f"model {model_name}: cannot cut the graph to outputs {list(outputs)} ({err}); "
+                           "name graph outputs or tensors computed inside the graph") from None
+    return cut
 
 
-def synthetic_eval_set(input_shape: tuple, n: int = 32, seed: int = 0) -> np.ndarray:
-    """Seeded N(0, 1) inputs for a model given without an evaluation set (quality = fidelity to dense)."""
-    return np.random.default_rng(seed).normal(0, 1, (n, *input_shape[1:])).astype(np.float32)
+def _needed_tensors(model, outputs: Sequence[str]) -> set[str]:
+    """Every tensor the computation of ``outputs`` reads (walking the graph back from them)."""
+    producer = {name: node for node in model.graph.node for name in node.output if name}
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None:
+            stack += [i for i in node.input if i]
+    return needed
 
 
-def load_model(name: str, path: Path, eval_path: Path | None) -> LoadedModel:
-    """Load, check and describe a model and its evaluation set."""
+def save_cut(model, model_name: str) -> tuple[Path, str]:
+    """Write a cut model into the cache (by content) and return (path, sha256)."""
+    payload = model.SerializeToString()
+    sha = hashlib.sha256(payload).hexdigest()
+    folder = cache_dir() / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model_name.replace('/', '_')}-{sha[:16]}.onnx"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(path)
+    return path, sha
+
+
+def outputs_fed_by(model, op_types: set[str]) -> dict[str, list[str]]:
+    """For each operator type in ``op_types``: the graph outputs its nodes feed (directly or through others)."""
+    fed: dict[str, list[str]] = {}
+    for op in sorted(op_types):
+        tainted: set[str] = set()
+        for node in model.graph.node:  # ONNX graphs are topologically sorted
+            if node.op_type == op or tainted.intersection(node.input):
+                tainted.update(node.output)
+        fed[op] = [o for o in graph_outputs(model) if o in tainted]
+    return fed
+
+
+def compilable_outputs(model, op_types: set[str]) -> list[str]:
+    """Outputs to keep so that no node of ``op_types`` remains: the graph outputs none of them feed, else the
+    tensors those nodes read that are computed without them (e.g. the probabilities a ``ZipMap`` wraps)."""
+    tainted: set[str] = set()
+    frontier: list[str] = []
+    inits = {init.name for init in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        if node.op_type in op_types:
+            frontier += [i for i in node.input if i and i not in tainted and i not in inits and i not in inputs]
+        if node.op_type in op_types or tainted.intersection(node.input):
+            tainted.update(node.output)
+    clean = [o for o in graph_outputs(model) if o not in tainted]
+    if clean:
+        return clean
+    return list(dict.fromkeys(f for f in frontier if f not in tainted))
+
+
+def load_model(name: str, path: Path, eval_path: Path | None, *, outputs: Sequence[str] = (),
+               shapes: dict | None = None, vocab: dict[str, int] | None = None) -> LoadedModel:
+    """Load, check and describe a model and its evaluation inputs: cut to ``outputs`` when given, every input's
+    dims sized (``shapes``, else the evaluation set), the evaluation arrays checked against the inputs (or seeded
+    ones made, integers below ``vocab``)."""
     model = read_onnx(path)
-    input_name, input_shape = graph_input(model)
+    sha = None
+    if outputs:
+        model = keep_outputs(model, outputs, name)
+        path, sha = save_cut(model, name)
+    specs = apply_shapes(declared_inputs(model, name), dict(shapes or {}), name)
+    labels = None
     if eval_path is not None:
-        x, y = load_eval_set(eval_path, input_shape, name)
-    else:
-        x, y = synthetic_eval_set(input_shape), None
-    return LoadedModel(name, path, file_sha256(path), input_name, input_shape, x, y)
+        arrays, labels, specs = read_eval_set(eval_path, specs, name)
+    check_batch_dims(specs, name)
+    check_shared_dims(model, specs, name)
+    if eval_path is None:
+        ints = [s.name for s in specs if np.dtype(s.dtype).kind in "iu"]
+        unknown = sorted(set(vocab or {}) - set(ints) - {"*"})
+        if unknown:
+            raise HarnessError(f"model {name}: vocab names {', '.join(map(repr, unknown))}, not an integer input "
+                               f"of the model; its integer inputs: {', '.join(ints) or 'none'}")
+        arrays = synthetic_inputs(specs, vocab=vocab, ranges=index_ranges(model))
+    return LoadedModel(name, path, sha or file_sha256(path), specs, tuple(graph_outputs(model)), arrays, labels)
