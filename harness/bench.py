@@ -10,6 +10,7 @@ import hashlib
 import platform
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from .config import RunConfig, TargetProfile, load_target
 from .errors import HarnessError
 from .models.onnx_io import LoadedModel, load_model, read_onnx
 from .paths import cache_dir
+from .peers import PEERS, Peer
 from .records import BuildRecord, DeviceMeta, EnergyRecord, ResultRow, join_layers
 from .sparsify import Variant, make_variant
 
@@ -26,14 +28,22 @@ ENERGY_NOT_MEASURED = "unavailable: not measured (the variant did not run)"
 
 @dataclass(frozen=True)
 class Job:
-    """One row to produce: a variant of a loaded model at one batch size."""
+    """One row to produce: a variant of a loaded model at one batch size, compiled by us -- or, with a ``peer``,
+    the dense variant run as it is in that peer runtime (nothing compiled; the row's method is the peer's name)."""
 
     model: LoadedModel
     variant: Variant
     batch: int
+    peer: Peer | None = None
+
+    @property
+    def method(self) -> str:
+        return self.peer.name if self.peer else self.variant.method
 
     @property
     def key(self) -> str:
+        if self.peer:
+            return f"{self.variant.model}/{self.peer.name}/0@b{self.batch}"
         return f"{self.variant.key}@b{self.batch}"
 
     @property
@@ -66,7 +76,8 @@ def load_models(cfg: RunConfig) -> list[LoadedModel]:
 
 
 def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
-    """Dense first in each (model, batch) group, so sparse variants can be compared with it."""
+    """Dense first in each (model, batch) group, so sparse variants and peers can be compared with it; then the
+    peers of ``[compare]`` (each runs the dense variant), then the sparse variants."""
     variant_dir = cache_dir() / "variants"
     sp = cfg.sparsify
     jobs = []
@@ -79,8 +90,11 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
                                                  prune_first=_pick(spec.prune_first, sp.prune_first),
                                                  prune_last=_pick(spec.prune_last, sp.prune_last)))
+        peers = [PEERS[name] for name in cfg.compare.peers]
         for batch in spec.batches:
-            jobs.extend(Job(model, v, batch) for v in variants)
+            jobs.append(Job(model, variants[0], batch))
+            jobs.extend(Job(model, variants[0], batch, peer) for peer in peers)
+            jobs.extend(Job(model, v, batch) for v in variants[1:])
     return jobs
 
 
@@ -143,10 +157,13 @@ class Benchmark:
         todo = [j for j in jobs if (j.key, self.device) not in done]
         counts = {"done": 0, "skipped": len(jobs) - len(todo), "errors": 0}
         cache = ArtifactCache()
+        peers = tuple(dict.fromkeys(j.peer for j in todo if j.peer))
         # connecting and the runtime check fail the whole run with one message (rows already stored stay)
         with self.device_spec.transport(self.profile, run_name=run_id) as transport:
-            check_runtime(transport, self.python, host_tvm=host_tvm_version())
-            selection = self.select(todo, transport)
+            probe = check_runtime(transport, self.python, host_tvm=host_tvm_version(),
+                                  optional=tuple(p.module for p in peers))
+            todo = self.drop_unavailable_peers(run_id, todo, peers, probe)
+            selection = self.select([j for j in todo if not j.peer], transport)
             if self.progress:
                 self.progress.start(len(todo))
             for job in todo:
@@ -156,6 +173,20 @@ class Benchmark:
                 if self.progress:
                     self.progress.advance(job.key, row)
         return counts
+
+    def drop_unavailable_peers(self, run_id: str, jobs: list[Job], peers: tuple[Peer, ...],
+                               probe: dict) -> list[Job]:
+        """``jobs`` without those of peers the device cannot import: no row for them (nothing was measured, and
+        nothing failed), but one note on stderr and in the run's notes, which the report shows."""
+        missing = {}
+        for peer in peers:
+            why = peer.unavailable(probe)
+            if why:
+                missing[peer] = why
+                note = f"peer {peer.name}: unavailable on {self.device} ({why})"
+                print(note, file=sys.stderr)
+                self.store.add_note(run_id, note)
+        return [j for j in jobs if j.peer not in missing]
 
     def request(self, job: Job):
         """What to compile for ``job`` (without its kernel plan)."""
@@ -182,35 +213,31 @@ class Benchmark:
         return selection
 
     def run_one(self, run_id: str, job: Job, transport, cache, selection=None) -> ResultRow:
-        from .compile.tvm_adapter import build
         from .device.session import run_on_device
         from .measure import latency_stats, quality_figures, verdict
 
         m = self.cfg.measure
-        if self.progress:
-            self.progress.step(f"compile {job.key}")
-        req = self.request(job)
-        if selection is not None:
-            req = replace(req, plan=selection.plan_for(req))
-        built = build(req, cache)
         # An ERROR row until measured: every early return below stores it with the stage's error.
         row = ResultRow(
             run_id=run_id, variant_key=job.key, device=self.device, model=job.variant.model,
-            model_sha256=job.model.sha256, variant_sha256=job.variant.sha256, method=job.variant.method,
+            model_sha256=job.model.sha256, variant_sha256=job.variant.sha256, method=job.method,
             sparsity_target=job.variant.sparsity_target, sparsity_actual=job.variant.sparsity_actual,
             block=job.variant.block_str, batch=job.batch, target=self.profile.name,
             target_json=self.profile.tvm_target, transport=transport.name, energy_status=ENERGY_NOT_MEASURED,
-            layers=join_layers(job.variant.layers, built.layers), overhead={"compile_cached": built.cached},
-            verdict="ERROR", error=built.error,
-        ).with_build(BuildRecord.from_result(built))
-        if built.error:
-            self.store.add_result(row)
-            return row
+            verdict="ERROR",
+        )
+        if job.peer:
+            artifact = job.variant.onnx_path  # the peer runs the dense model as it is: nothing to compile
+        else:
+            row, artifact = self.compile(row, job, cache, selection)
+            if row.error:
+                self.store.add_result(row)
+                return row
         if self.progress:
             self.progress.step(f"run {job.key}")
-        dev = run_on_device(transport, artifact=built.artifact, inputs=job.model.eval_inputs, batch=job.batch,
-                            measure=m, python=self.python, label=job.key)
-        overhead = {**row.overhead, **{f"{k}_s": v for k, v in dev.steps_s.items()}}
+        dev = run_on_device(transport, artifact=artifact, inputs=job.model.eval_inputs, batch=job.batch,
+                            measure=m, python=self.python, label=job.key, peer=job.peer)
+        overhead = {**(row.overhead or {}), **{f"{k}_s": v for k, v in dev.steps_s.items()}}
         if dev.result:
             overhead.update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
             meta = dev.result.get("device_meta")
@@ -224,8 +251,7 @@ class Benchmark:
         result = dev.result
         stats = latency_stats(result["latencies_ns"])
         # sparse rows compare with the dense row of the same run, even one measured before a --resume
-        dense = dev.outputs if job.variant.method == "dense" else \
-            self.store.outputs(run_id, job.dense_key, self.device)
+        dense = dev.outputs if job.key == job.dense_key else self.store.outputs(run_id, job.dense_key, self.device)
         reference, why_none = self.reference(job)
         quality = quality_figures(dev.outputs, labels=job.model.eval_y, dense=dense, reference=reference)
         status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, max_cv=m.max_cv,
@@ -242,6 +268,21 @@ class Benchmark:
         )
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row
+
+    def compile(self, row: ResultRow, job: Job, cache, selection) -> tuple[ResultRow, Path | None]:
+        """Build ``job``'s variant: (the row with its build record, per-layer kernels and the build's error if
+        any; the artifact)."""
+        from .compile.tvm_adapter import build
+
+        if self.progress:
+            self.progress.step(f"compile {job.key}")
+        req = self.request(job)
+        if selection is not None:
+            req = replace(req, plan=selection.plan_for(req))
+        built = build(req, cache)
+        row = replace(row, layers=join_layers(job.variant.layers, built.layers),
+                      overhead={"compile_cached": built.cached}, error=built.error)
+        return row.with_build(BuildRecord.from_result(built)), built.artifact
 
     def reference(self, job: Job) -> tuple[np.ndarray | None, str]:
         """(reference outputs of the variant's own ONNX -- pruned weights, dense math -- or None, why none).

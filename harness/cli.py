@@ -100,7 +100,8 @@ def _write_report(store, run_id: str, out: Path) -> None:
     device_meta = next((r.device_meta for r in rows if r.device_meta), None)
     if device_meta:
         run_info["device"] = device_meta.to_json()
-    paths = write_report(rows, out, title=f"sparsebench report — run {run_id}", samples=samples, run_info=run_info)
+    paths = write_report(rows, out, title=f"sparsebench report — run {run_id}", samples=samples, run_info=run_info,
+                         notes=store.notes(run_id))
     print(f"report: {paths['html']}", file=sys.stderr)
 
 

@@ -109,6 +109,14 @@ class SparsifyConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """Dense runtimes measured next to our builds (``[compare]``): names from :data:`harness.peers.PEERS`. A peer
+    the device cannot import is skipped with a note, never an error; ``peers = []`` turns the comparison off."""
+
+    peers: tuple[str, ...] = ("onnxruntime",)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole benchmark: models x variants x batches on one target."""
 
@@ -117,6 +125,7 @@ class RunConfig:
     models: tuple[ModelSpec, ...]
     sparsify: SparsifyConfig = field(default_factory=SparsifyConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     db: Path = DEFAULT_DB
     source: str = ""  # the TOML text (stored with the run)
 
@@ -270,9 +279,28 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
     )
 
 
+def _parse_compare(table: Any) -> CompareConfig:
+    """``[compare] peers = ["onnxruntime"]``: every name a known peer, each once."""
+    from .peers import PEERS
+
+    if not isinstance(table, dict):
+        raise HarnessError(f"[compare] must be a table, e.g. [compare] peers = [\"onnxruntime\"], got {table!r}")
+    _check_keys(table, {"peers"}, "[compare]")
+    if "peers" not in table:
+        return CompareConfig()
+    peers = table["peers"]
+    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+        raise HarnessError(f"[compare].peers must be a list of runtime names, e.g. [\"onnxruntime\"] (or [] for "
+                           f"none), got {peers!r}")
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise HarnessError(f"[compare].peers: unknown peer {unknown[0]!r}; known: {', '.join(PEERS)}")
+    return CompareConfig(peers=tuple(dict.fromkeys(peers)))
+
+
 def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> RunConfig:
     """Validate a config dict (the parsed TOML) into a :class:`RunConfig`."""
-    _check_keys(data, {"run", "measure", "sparsify", "models"}, "config")
+    _check_keys(data, {"run", "measure", "sparsify", "models", "compare"}, "config")
     run = data.get("run", {})
     _check_keys(run, {"name", "target", "db"}, "[run]")
     target = run.get("target", "local")
@@ -312,6 +340,8 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
         ms = {**ms, "meter_command": tuple(ms["meter_command"])}
     measure = MeasureConfig(**ms)
 
+    compare = _parse_compare(data.get("compare", {}))
+
     models = data.get("models", [])
     if not models:
         raise HarnessError("config has no [[models]]; add one, e.g. [[models]] name = \"digits-mlp\"")
@@ -321,6 +351,7 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
         models=tuple(_parse_model(m, base, i) for i, m in enumerate(models)),
         sparsify=sparsify,
         measure=measure,
+        compare=compare,
         db=Path(run.get("db", DEFAULT_DB)),
         source=source,
     )

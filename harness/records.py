@@ -257,6 +257,8 @@ class DeviceMeta(_JsonRecord):
     numpy: str | None = None
     tvm: str | None = None
     """TVM (runtime) version on the device."""
+    onnxruntime: str | None = None
+    """onnxruntime version on the device, for a peer row (``None`` for rows the TVM runtime ran)."""
     tvm_runtime_only: bool | None = None
     """Whether the runner loaded the TVM runtime library only (as on a board)."""
     runner_version: int | None = None

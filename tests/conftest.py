@@ -68,9 +68,11 @@ def small_model(tmp_path_factory) -> tuple[Path, Path]:
 
 def write_config(path: Path, *, model: Path, eval_set: Path | None, db: Path, levels=(0, 0.5, 0.9),
                  methods=("unstructured", "block:8x1"), batch=(1,), target="local", min_s=0.05, min_runs=20,
-                 extra: str = "", name: str = "small", model_extra: str = "") -> Path:
+                 extra: str = "", name: str = "small", model_extra: str = "", peers=()) -> Path:
     """A config for one model; ``extra``: more top-level TOML (before [[models]]); ``model_extra``: more keys of the
-    [[models]] table (``outputs = [...]``, ``shapes = {...}``)."""
+    [[models]] table (``outputs = [...]``, ``shapes = {...}``); ``peers``: [compare].peers (``None``: no [compare]
+    table, the default peers; ``()``, the default here: no peer rows, so tests count only our own variants)."""
+    compare = "" if peers is None else f"[compare]\npeers = {list(peers)}\n"
     eval_line = f'eval = "{eval_set}"' if eval_set else ""
     path.write_text(f"""
 [run]
@@ -80,7 +82,7 @@ db = "{db}"
 [sparsify]
 levels = {list(levels)}
 methods = {list(methods)}
-[measure]
+{compare}[measure]
 warmup_runs = 2
 warmup_s = 0.01
 min_runs = {min_runs}

@@ -61,3 +61,16 @@ def test_local_profile_resolves_from_cpuinfo():
     assert profile.tvm_target["kind"] == "llvm"
     assert profile.tvm_target["mcpu"] != "from-cpuinfo"
     assert profile.tvm_target["mtriple"] == "x86_64-linux-gnu"
+
+
+def test_compare_peers_default_off_and_unknown():
+    assert parse_config(BASE).compare.peers == ("onnxruntime",)  # on by default (skipped where not installed)
+    assert parse_config({**BASE, "compare": {"peers": []}}).compare.peers == ()
+    assert parse_config({**BASE, "compare": {"peers": ["onnxruntime", "onnxruntime"]}}).compare.peers == \
+        ("onnxruntime",)
+    with pytest.raises(HarnessError, match=r"\[compare\].peers: unknown peer 'tflite'; known: onnxruntime"):
+        parse_config({**BASE, "compare": {"peers": ["tflite"]}})
+    with pytest.raises(HarnessError, match=r"\[compare\].peers must be a list"):
+        parse_config({**BASE, "compare": {"peers": "onnxruntime"}})
+    with pytest.raises(HarnessError, match=r"\[compare\]: unknown key\(s\) peer"):
+        parse_config({**BASE, "compare": {"peer": ["onnxruntime"]}})

@@ -162,3 +162,43 @@ def test_write_csv_standalone(tmp_path):
 def test_import_does_not_load_matplotlib():
     code = "import sys, harness.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def _with_peer(peer_p50: float) -> list[ResultRow]:
+    """mlp rows (dense 10 ms, block 16x1 at 8 and 4 ms...) plus an onnxruntime row: a peer row is a normal row."""
+    peer = replace(make_row("mlp", "onnxruntime", 0.0, p50=peer_p50, accuracy=0.95, top1=1.0),
+                   variant_key="mlp/onnxruntime/0@b1", artifact_bytes=None, compile_s=None, layers=())
+    return [r for r in synthetic_rows() if r.model == "mlp"] + [peer]
+
+
+def test_speedup_vs_best_dense_names_the_fastest_dense_runtime():
+    (mlp,) = group_rows(_with_peer(5.0))
+    rows = {r.variant_key: r for r in mlp.rows}
+    assert mlp.baseline.method == "dense" and [p.method for p in mlp.peers] == ["onnxruntime"]
+    assert mlp.best_dense.method == "onnxruntime" and mlp.best_dense_p50 == 5.0
+    block_half = rows["mlp/block-16x1/s0.5/b1"]  # 8 ms: 1.25x our dense, 0.625x onnxruntime
+    assert mlp.speedup(block_half) == pytest.approx(1.25) and mlp.speedup_best(block_half) == pytest.approx(0.625)
+    assert mlp.speedup_best(rows["mlp/block-16x1/s0.95/b1"]) is None  # the ERROR row
+    assert block_half in mlp.only_beats_slow_dense()
+    assert [r.method for r in mlp.rows][:2] == ["dense", "onnxruntime"]  # the dense runtimes lead the table
+    # a slower peer: our dense build is the best dense runtime, both speedups agree and nothing is flagged
+    (mlp,) = group_rows(_with_peer(20.0))
+    assert mlp.best_dense is mlp.baseline and mlp.only_beats_slow_dense() == []
+    assert mlp.speedup_best(block_half) == mlp.speedup(block_half)
+
+
+def test_report_shows_speedup_vs_best_dense_and_peer_notes(tmp_path):
+    rows = _with_peer(5.0)
+    paths = write_report(rows, tmp_path, samples=samples_for(rows),
+                         notes=["peer onnxruntime: unavailable on board (not installed)"])
+    page = Path(paths["html"]).read_text(encoding="utf-8")
+    assert "speedup vs best dense" in page and "0.625× (onnxruntime)" in page
+    assert "best dense runtime onnxruntime, p50 5.00 ms (vs dense 10.0 ms)" in page
+    assert "it only beats a slower dense build" in page
+    assert "peer onnxruntime: unavailable on board (not installed)" in page
+    summary = Path(paths["summary"]).read_text(encoding="utf-8")
+    assert "speedup vs best dense" in summary and "peer onnxruntime: unavailable" in summary
+    assert "  - block 16x1 50%: 1.25× vs our dense build but 0.625× vs onnxruntime" in summary
+    with open(paths["csv"]) as fh:
+        assert csv.DictReader(fh).fieldnames == CSV_COLUMNS  # the CSV keeps its columns
+    assert any(Path(p).name.endswith("_latency.png") for p in paths["plots"])

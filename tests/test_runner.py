@@ -16,7 +16,9 @@ from harness.paths import BOARD_DIR
 from harness.transports import LocalTransport
 
 #: What board code may import besides the standard library and its own package (relative imports).
-ALLOWED = {"numpy", "tvm", "tvm.runtime", "tvm.runtime.vm"}
+ALLOWED = {"numpy", "tvm", "tvm.runtime", "tvm.runtime.vm", "onnxruntime"}
+#: ... of which these only inside a function: a peer runtime the board may lack (a TVM job never imports it)
+LAZY = {"onnxruntime"}
 
 
 def _imports(tree: ast.AST) -> list[str]:
@@ -41,6 +43,10 @@ def test_shipped_files_import_only_stdlib_numpy_and_the_tvm_runtime():
                and m.split(".")[0] != "numpy"]
         assert not bad, f"{rel} imports {bad}: board code may use the standard library, numpy, {sorted(ALLOWED)} " \
                         "and its own modules (relative imports) only"
+        top_level = _imports(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
+                                        type_ignores=[]))
+        eager = [m for m in top_level if m.split(".")[0] in LAZY]
+        assert not eager, f"{rel} imports {eager} at module level: import a peer runtime inside the function using it"
 
 
 def test_every_board_file_is_shipped():

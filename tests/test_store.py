@@ -196,7 +196,8 @@ def test_v1_store_is_migrated_and_reads_back_typed(tmp_path):
     store = ResultStore(tmp_path / "old.db")
     assert _columns(tmp_path / "old.db") == _columns(tmp_path / "new.db")  # the migration reaches today's schema
     version = store.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 2
+    assert int(version) == SCHEMA_VERSION == 3
+    assert store.notes("r1") == []  # version 3: the notes table exists
     measured, error, nm = store.results("r1")
     assert nm.variant_key == "digits-mlp/nm-2:4/0.5@b1"  # one spelling of N:M, old keys included
     assert measured.latency.p50_ms == 0.5 and measured.latency.n == 200 and measured.build.compile_s == 1.5
@@ -229,3 +230,15 @@ def test_v1_store_reports_after_migration(tmp_path):
     header, *lines = proc.stdout.splitlines()
     assert header.startswith("run_id,model,method") and len(lines) == 3
     assert any(",0.5,0.6,0.7,0.55,0.02,200,0.97," in line for line in lines)
+
+
+def test_run_notes_are_kept_once_in_order(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    store.create_run("r1", name="n", config_toml="", config_hash="h", target="local", target_json={}, host={},
+                     harness_version="x")
+    store.add_note("r1", "peer onnxruntime: unavailable on board (not installed)")
+    store.add_note("r1", "second")
+    store.add_note("r1", "peer onnxruntime: unavailable on board (not installed)")  # a resume says it again
+    assert store.notes("r1") == ["peer onnxruntime: unavailable on board (not installed)", "second"]
+    assert store.notes("other") == []
+    store.close()

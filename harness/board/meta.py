@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 #: Version of the board package's result formats; stored as ``device_meta["runner_version"]``.
@@ -100,6 +101,8 @@ def device_metadata() -> dict:
         "python": platform.python_version(),
         "numpy": _version("numpy"),
         "tvm": _version("tvm"),
+        # only when this process ran a peer: importing onnxruntime for every TVM job would cost time and memory
+        "onnxruntime": getattr(sys.modules.get("onnxruntime"), "__version__", None),
         "tvm_runtime_only": os.environ.get("TVM_USE_RUNTIME_LIB") == "1",
         "runner_version": RUNNER_VERSION,
     }

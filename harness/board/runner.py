@@ -4,6 +4,7 @@ Part of the board package: runs on boards with only numpy and the TVM *runtime* 
 compiler, ``tvm.runtime.vm.VirtualMachine``), and imports nothing from sparsebench.
 
 Usage: ``python -m sparsebench_board.runner JOB.json``, run in the folder that holds the package. The job names
+the engine (``"tvm"``, the default, or ``"onnxruntime"``: a peer runtime, the ``artifact`` then an ONNX file),
 the artifact, an ``.npz`` of evaluation inputs (one array per model input, in the model's input order), the batch,
 the timing rules and the energy settings; the runner writes ``result.json`` (and ``outputs.npy``: the first output
 of the model for every evaluation row) next to the job file and prints the result JSON as its last stdout line.
@@ -36,20 +37,70 @@ def tvm_device(tvm, device: str):
     return tvm.device(device, 0)
 
 
-def _load_vm(artifact: str, device: str):
-    import tvm
-    from tvm.runtime.vm import VirtualMachine  # what relax.VirtualMachine is; works without the compiler
-
-    dev = tvm_device(tvm, device)
-    lib = tvm.runtime.load_module(artifact)
-    return tvm, dev, VirtualMachine(lib, dev)
-
-
 def _first_output(out):
     """The first tensor of a VM result (a Tensor, or an Array/tuple of them)."""
     while not hasattr(out, "numpy"):
         out = out[0]
     return out
+
+
+class TvmModel:
+    """A compiled artifact in the TVM runtime's VM: ``feed`` puts a chunk on the device once, ``run`` is one timed
+    call (synchronised), ``first_output`` the model's first output as numpy."""
+
+    def __init__(self, artifact: str, device: str):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine  # what relax.VirtualMachine is; works without the compiler
+
+        self.tvm = tvm
+        self.dev = tvm_device(tvm, device)
+        self.main = VirtualMachine(tvm.runtime.load_module(artifact), self.dev)["main"]
+
+    def feed(self, chunks: list):
+        return [self.tvm.runtime.tensor(c, self.dev) for c in chunks]
+
+    def run(self, fed) -> None:
+        self.main(*fed)
+        self.dev.sync()
+
+    def first_output(self, fed):
+        return _first_output(self.main(*fed)).numpy()
+
+
+class OrtModel:
+    """The dense ONNX model in onnxruntime (a peer runtime), on the CPU with the runner's thread count, so it is
+    timed by the same rules as a TVM artifact. onnxruntime is imported here only: boards without it still run
+    TVM jobs."""
+
+    def __init__(self, model: str, input_names: list, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # the cores TVM's pool gets (meta.set_threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self.names = list(input_names)
+        self.output = [self.session.get_outputs()[0].name]
+
+    def feed(self, chunks: list) -> dict:
+        return dict(zip(self.names, chunks))
+
+    def run(self, fed) -> None:
+        self.session.run(self.output, fed)  # synchronous on the CPU provider
+
+    def first_output(self, fed):
+        return self.session.run(self.output, fed)[0]
+
+
+def load_model(job: dict, threads: int):
+    """The job's model: a TVM artifact, or the ONNX file for ``"engine": "onnxruntime"``."""
+    engine = job.get("engine", "tvm")
+    if engine == "onnxruntime":
+        return OrtModel(job["artifact"], job["input_names"], threads)
+    if engine == "tvm":
+        return TvmModel(job["artifact"], job.get("device", "cpu"))
+    raise ValueError(f"unknown engine {engine!r}; known: tvm, onnxruntime")
 
 
 def _measure_energy(run_once, cfg: dict) -> dict:
@@ -96,20 +147,18 @@ def run_job(job: dict, workdir: Path) -> dict:
 
     threads = set_threads(job.get("threads"))
     t0 = time.perf_counter()
-    tvm, dev, vm = _load_vm(job["artifact"], job.get("device", "cpu"))
-    main = vm["main"]
+    model = load_model(job, threads)
     load_s = time.perf_counter() - t0
     rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     batch = int(job["batch"])
     inputs = load_inputs(job)
-    timing_input = [tvm.runtime.tensor(chunk, dev) for chunk in next(as_batches(inputs, batch))[0]]
+    timing_input = model.feed(next(as_batches(inputs, batch))[0])
 
     # warm-up: both a run count and a duration, so caches, clocks and lazy init settle
     warm_n, start = 0, time.perf_counter()
     while warm_n < job["warmup_runs"] or time.perf_counter() - start < job["warmup_s"]:
-        main(*timing_input)
-        dev.sync()
+        model.run(timing_input)
         warm_n += 1
     warmup_s = time.perf_counter() - start
 
@@ -119,28 +168,27 @@ def run_job(job: dict, workdir: Path) -> dict:
     while (len(samples_ns) < job["min_runs"] or time.perf_counter() - start < job["min_s"]) \
             and len(samples_ns) < job["max_runs"]:
         t = clock()
-        main(*timing_input)
-        dev.sync()
+        model.run(timing_input)
         samples_ns.append(clock() - t)
     measure_s = time.perf_counter() - start
 
     # energy: its own phase after the latency loop (sampling must not disturb the latencies), only with a sensor
     energy_cfg = job.get("energy") or {}
     start = time.perf_counter()
-    energy = _measure_energy(lambda: (main(*timing_input), dev.sync()), energy_cfg)
+    energy = _measure_energy(lambda: model.run(timing_input), energy_cfg)
     energy_s = time.perf_counter() - start
 
     outputs = []
     start = time.perf_counter()
     for chunks, real in as_batches(inputs, batch):
-        out = _first_output(main(*[tvm.runtime.tensor(c, dev) for c in chunks])).numpy()
-        outputs.append(out[:real])
+        outputs.append(np.asarray(model.first_output(model.feed(chunks)))[:real])
     eval_s = time.perf_counter() - start
     out_path = workdir / "outputs.npy"
     np.save(out_path, np.concatenate(outputs))
 
     return {
         "ok": True,
+        "engine": job.get("engine", "tvm"),
         "threads": threads,
         "latencies_ns": samples_ns,
         "warmup_runs": warm_n,

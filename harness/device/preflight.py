@@ -15,11 +15,12 @@ VENV = "~/sb-venv"
 #: the install that works on Raspberry Pi OS, JetPack 6/7 and Debian-like systems (PEP 668 blocks system pip)
 VENV_INSTALL = f"python3 -m venv {VENV} && {VENV}/bin/pip install numpy {TVM_PIN}"
 
-# Runs on the device with TVM_USE_RUNTIME_LIB=1: the same imports the runner makes, nothing else.
+# Runs on the device with TVM_USE_RUNTIME_LIB=1: the same imports the runner makes, nothing else (plus the peer
+# runtimes asked for, which only say whether they are there: see harness.peers).
 PROBE = """
 import json, platform, sys
 r = {"python": platform.python_version(), "executable": sys.executable}
-for name in ("numpy", "tvm"):
+for name in ("numpy", "tvm") + tuple(sys.argv[1:]):
     try:
         r[name] = __import__(name).__version__
     except Exception as err:
@@ -34,12 +35,14 @@ def install_hint(python: str) -> str:
             f"(or set [device].python in the target profile); `sparsebench doctor` checks the rest")
 
 
-def check_runtime(transport: Transport, python: str, *, host_tvm: str | None = None) -> dict:
+def check_runtime(transport: Transport, python: str, *, host_tvm: str | None = None,
+                  optional: tuple[str, ...] = ()) -> dict:
     """Run :data:`PROBE` with ``python`` on the device; raise TransportError("prepare", ...) naming the device and
-    the fix when it cannot import numpy or the TVM runtime. Returns the probe's report."""
+    the fix when it cannot import numpy or the TVM runtime. Returns the probe's report: module -> version, and
+    ``<module>_error`` for each module (the ``optional`` ones included) that did not import."""
     python = python or transport.default_python()
     where = f"device {transport.device}"
-    res = transport.run([python, "-c", PROBE], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
+    res = transport.run([python, "-c", PROBE, *optional], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
     if res.timed_out:
         raise TransportError("prepare", f"{where}: {python} did not finish `import numpy, tvm` within 120 s", res)
     report = None

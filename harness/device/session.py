@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MeasureConfig
+from ..peers import Peer
 from ..transports import Transport, TransportError
 from .ship import board_command, upload_board
 
@@ -39,10 +40,12 @@ def _timed(steps: dict, name: str):
 
 
 def run_on_device(transport: Transport, *, artifact: Path, inputs: dict[str, np.ndarray], batch: int,
-                  measure: MeasureConfig, python: str = "", label: str = "job", keep: bool = False) -> DeviceRun:
+                  measure: MeasureConfig, python: str = "", label: str = "job", keep: bool = False,
+                  peer: Peer | None = None) -> DeviceRun:
     """Upload ``artifact`` + the board package + the evaluation ``inputs`` (one array per model input, in the
     model's input order, each of its input's dtype), run the board's runner with the TVM runtime only, fetch its
-    results."""
+    results. With a ``peer``, ``artifact`` is the dense ONNX model and the runner runs it in that runtime, by the
+    same timing rules."""
     run = DeviceRun()
     steps = run.steps_s
     workdir = None
@@ -56,7 +59,7 @@ def run_on_device(transport: Transport, *, artifact: Path, inputs: dict[str, np.
             # numbered arrays in input order (an input name need not be a valid file name inside the .npz)
             np.savez(tmp / "inputs.npz", *[np.ascontiguousarray(a) for a in inputs.values()])
             with _timed(steps, "upload"):
-                remote_lib = transport.put(artifact, workdir, "model.so")
+                remote_lib = transport.put(artifact, workdir, "model" + (peer.suffix if peer else ".so"))
                 upload_board(transport, workdir)
                 remote_inputs = transport.put(tmp / "inputs.npz", workdir)
                 energy = {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
@@ -64,7 +67,7 @@ def run_on_device(transport: Transport, *, artifact: Path, inputs: dict[str, np.
                 if measure.meter_command:
                     energy["meter_command"] = list(measure.meter_command)
                 job = {"artifact": remote_lib, "eval_inputs": remote_inputs, "input_names": list(inputs),
-                       "batch": batch, "device": "cpu",
+                       "batch": batch, "device": "cpu", "engine": peer.engine if peer else "tvm",
                        "warmup_runs": measure.warmup_runs, "warmup_s": measure.warmup_s,
                        "min_runs": measure.min_runs, "min_s": measure.min_s, "max_runs": measure.max_runs,
                        "energy": energy}

@@ -18,12 +18,14 @@ __all__ = ["CSV_COLUMNS", "pareto_front", "write_csv", "write_csv_stream", "writ
 
 
 def write_report(rows: Sequence[ResultRow], out_dir: str | Path, *, title: str = "sparsebench report",
-                 samples: dict[str, list[float]] | None = None, run_info: dict | None = None) -> dict[str, Path]:
+                 samples: dict[str, list[float]] | None = None, run_info: dict | None = None,
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``out_dir/report.html``, ``results.csv``, ``summary.md`` and PNG plots under ``out_dir/plots/``.
 
     ``rows`` are stored results (units on the :class:`~harness.records.ResultRow` fields; ``None`` =
     unavailable). ``samples`` maps variant_key to per-iteration latencies in ms. ``run_info`` (run_id,
-    created_at, target, device metadata, ...) fills the environment table.
+    created_at, target, device metadata, ...) fills the environment table. ``notes`` are the run's notes (a peer
+    runtime unavailable on the device), shown after the verdicts.
 
     Returns ``{"html": path, "csv": path, "summary": path, "plots": [paths]}``.
     """
@@ -37,8 +39,8 @@ def write_report(rows: Sequence[ResultRow], out_dir: str | Path, *, title: str =
     groups = group_rows(rows, samples)
     figures = draw_group_plots(groups, out / "plots")
     html_path = out / "report.html"
-    html_path.write_text(render_html(groups, figures, title=title, run_info=run_info), encoding="utf-8")
+    html_path.write_text(render_html(groups, figures, title=title, run_info=run_info, notes=notes), encoding="utf-8")
     summary_path = out / "summary.md"
-    summary_path.write_text(render_summary(groups, title=title, run_info=run_info), encoding="utf-8")
+    summary_path.write_text(render_summary(groups, title=title, run_info=run_info, notes=notes), encoding="utf-8")
     return {"html": html_path, "csv": write_csv(rows, out / "results.csv"), "summary": summary_path,
             "plots": [path for drawn in figures for _, path in drawn]}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..records import LayerRecord, ResultRow
 from . import fmt
-from .tables import COLUMNS, Group, problem_rows, problems_of, row_context, verdict_counts
+from .tables import COLUMNS, Group, best_dense_lines, problem_rows, problems_of, row_context, verdict_counts
 
 if TYPE_CHECKING:  # plots imports matplotlib; the page itself only embeds the PNGs it is given
     from .plots import PlotSpec
@@ -76,9 +76,35 @@ def _results_section(groups: Sequence[Group]) -> list[str]:
             cells.append(f"<td{attrs}>{_e(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody></table>",
-            '<p class="note">Speedup = dense p50 / variant p50 within the same model, batch and device. '
-            "n/a = not available (never zero). Latencies in ms.</p>", "</section>"]
+            '<p class="note">Speedup vs dense = our dense build\'s p50 / variant p50 within the same model, batch '
+            "and device; speedup vs best dense = the fastest dense runtime's p50 (our build or a peer runtime's, "
+            "named in brackets) / variant p50. n/a = not available (never zero). Latencies in ms.</p>"]
+    out += _best_dense_section(groups)
+    out.append("</section>")
     return out
+
+
+def _best_dense_section(groups: Sequence[Group]) -> list[str]:
+    """Per group with a peer row: the fastest dense runtime, and the sparse rows that only beat a slower one."""
+    lines = [best_dense_lines(g) for g in groups]
+    if not any(lines):
+        return []
+    out = ['<div id="best-dense"><h3>Against the best dense runtime</h3><ul>']
+    for group_lines in (ls for ls in lines if ls):
+        out.append(f"<li>{_e(group_lines[0])}")
+        if group_lines[1:]:
+            out.append("<ul>" + "".join(f'<li class="INVALID">{_e(x)}</li>' for x in group_lines[1:]) + "</ul>")
+        out.append("</li>")
+    out.append("</ul></div>")
+    return out
+
+
+def _notes_section(notes: Sequence[str]) -> list[str]:
+    """What the run could not do without it being a row's error (a peer runtime missing on the device)."""
+    if not notes:
+        return []
+    return ['<section id="notes">', "<h2>Notes</h2>", "<ul>", *(f"<li>{_e(n)}</li>" for n in notes), "</ul>",
+            "</section>"]
 
 
 def _data_uri(path: Path) -> str:
@@ -166,7 +192,7 @@ def _environment_section(run_info: dict | None) -> list[str]:
 
 
 def render_html(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSpec, Path]]], *, title: str,
-                run_info: dict | None = None) -> str:
+                run_info: dict | None = None, notes: Sequence[str] = ()) -> str:
     """The whole page: verdicts first, then the results table, plots, per-layer tables and the environment.
 
     ``figures`` is aligned with ``groups`` (as returned by :func:`harness.report.plots.draw_group_plots`).
@@ -179,6 +205,7 @@ def render_html(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSp
     if meta:
         parts.append(f'<p class="meta">{_e(meta)}</p>')
     parts += _verdict_section(rows)
+    parts += _notes_section(notes)
     parts += _results_section(groups)
     parts += _plots_section(groups, figures)
     parts += _layers_section(rows)

@@ -25,9 +25,10 @@ from . import fmt
 from .fmt import as_float
 from .pareto import pareto_front
 from ..records import ResultRow
-from .tables import Group, is_dense, series_key, series_label, short_label, sparsity_of
+from .tables import Group, is_baseline, is_dense, series_key, series_label, short_label, sparsity_of
 
 DENSE_COLOR = "black"
+PEER_COLOR = "darkorange"
 FRONT_COLOR = "crimson"
 
 
@@ -66,17 +67,23 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _colors(group: Group) -> dict[tuple[str, str], object]:
     """One stable colour per (method, block) series of the group, shared by all its plots."""
-    keys = list(dict.fromkeys(series_key(r) for r in group.rows if not is_dense(r)))
+    keys = list(dict.fromkeys(series_key(r) for r in group.rows if not is_baseline(r)))
     cmap = matplotlib.colormaps["tab10"]
     return {key: cmap(i % 10) for i, key in enumerate(keys)}
 
 
+def _baseline_color(row: ResultRow):
+    """Our dense build and the peer runtimes: fixed colours, apart from the sparse series'."""
+    return DENSE_COLOR if is_dense(row) else PEER_COLOR
+
+
 def _series(group: Group, y_of: Callable[[ResultRow], float | None]) -> dict[tuple[str, str], list[_Point]]:
-    """Non-dense measured rows with both a sparsity and a y value, one sorted list per (method, block)."""
+    """Sparse measured rows (not a dense runtime, ours or a peer's) with both a sparsity and a y value, one sorted
+    list per (method, block)."""
     out: dict[tuple[str, str], list[_Point]] = {}
     for row in group.measured():
         x, y = sparsity_of(row), y_of(row)
-        if is_dense(row) or x is None or y is None:
+        if is_baseline(row) or x is None or y is None:
             continue
         out.setdefault(series_key(row), []).append(_Point(x, y, row.verdict == "VALID", row))
     return {key: sorted(points, key=lambda p: p.x) for key, points in out.items()}
@@ -130,9 +137,13 @@ def plot_latency_vs_sparsity(group: Group, path: Path) -> Path | None:
     if group.baseline_p50 is not None:
         ax.axhline(group.baseline_p50, color=DENSE_COLOR, linestyle="--", linewidth=1,
                    label=f"dense p50 ({fmt.sig(group.baseline_p50)} ms)")
+    # the peer runtimes' dense p50: a sparse curve under our dense line but over this one beats only a slow build
+    peers = [(row, as_float(row.latency_p50_ms)) for row in group.peers]
+    for row, p50 in peers:
+        ax.axhline(p50, color=PEER_COLOR, linestyle="-.", linewidth=1, label=f"{row.method} p50 ({fmt.sig(p50)} ms)")
     # Explicit top: autoscaling sits exactly on the dense line and clips it and the p90 bars.
     tops = [as_float(p.row.latency_p90_ms) or p.y for points in series.values() for p in points]
-    ax.set_ylim(0, 1.1 * max(tops + [group.baseline_p50 or 0.0]))
+    ax.set_ylim(0, 1.1 * max(tops + [group.baseline_p50 or 0.0] + [p50 for _, p50 in peers]))
     ax.set_ylabel("latency p50 (ms), bar to p90")
     ax.set_title(f"Latency vs sparsity\n{group.title}")
     _sparsity_axis(ax)
@@ -222,9 +233,9 @@ def plot_pareto(group: Group, path: Path) -> Path | None:
     colors = _colors(group)
     labelled: set[str] = set()
     for p in points:
-        color = DENSE_COLOR if is_dense(p.row) else colors[series_key(p.row)]
-        name = "dense" if is_dense(p.row) else series_label(series_key(p.row))
-        ax.plot([p.x], [p.y], linestyle="none", marker="s" if is_dense(p.row) else "o", color=color,
+        color = _baseline_color(p.row) if is_baseline(p.row) else colors[series_key(p.row)]
+        name = p.row.method if is_baseline(p.row) else series_label(series_key(p.row))
+        ax.plot([p.x], [p.y], linestyle="none", marker="s" if is_baseline(p.row) else "o", color=color,
                 markerfacecolor=color if p.valid else "white", label=None if name in labelled else name)
         labelled.add(name)
     valid = [p for p in points if p.valid]
@@ -259,7 +270,8 @@ def plot_latency_distribution(group: Group, path: Path) -> Path | None:
     parts = ax.boxplot([values for _, values in boxes], patch_artist=True, showfliers=True)
     colors = _colors(group)
     for patch, (row, _) in zip(parts["boxes"], boxes):
-        patch.set_facecolor("lightgray" if is_dense(row) else colors[series_key(row)])
+        patch.set_facecolor("lightgray" if is_dense(row) else PEER_COLOR if is_baseline(row)
+                            else colors[series_key(row)])
         patch.set_alpha(0.6)
     ax.set_xticks(range(1, len(boxes) + 1),
                   [f"{short_label(row)}\n(n={len(values)})" for row, values in boxes],
@@ -294,7 +306,8 @@ def plot_energy_vs_sparsity(group: Group, path: Path) -> Path | None:
 
 #: Per-group plots in display order.
 PLOTS: tuple[PlotSpec, ...] = (
-    PlotSpec("latency", "Latency p50 vs sparsity (bars up to p90; dashed: dense p50)", plot_latency_vs_sparsity),
+    PlotSpec("latency", "Latency p50 vs sparsity (bars up to p90; dashed: dense p50; dash-dot: peer runtimes' "
+                        "dense p50)", plot_latency_vs_sparsity),
     PlotSpec("speedup", "Speedup vs dense (dense p50 / p50) with the ideal 1/(1−s)", plot_speedup_vs_sparsity),
     PlotSpec("quality", "Accuracy, or agreement with dense, vs sparsity", plot_quality_vs_sparsity),
     PlotSpec("pareto", "Quality vs latency; Pareto front over VALID rows circled", plot_pareto),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..records import ResultRow
-from .tables import Group, columns, problem_rows, problems_of, row_context, verdict_counts
+from .tables import Group, best_dense_lines, columns, problem_rows, problems_of, row_context, verdict_counts
 
 _MAX_MESSAGE = 400  # characters of an error shown in Markdown; the HTML report keeps the full text
 
@@ -36,11 +36,12 @@ def verdict_lines(rows: Sequence[ResultRow]) -> list[str]:
     return lines
 
 
-def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None = None) -> str:
+def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None = None,
+                   notes: Sequence[str] = ()) -> str:
     """The whole summary.md text."""
     rows = [r for g in groups for r in g.rows]
     names = ["verdict", "model", "batch", "method", "block", "sparsity_target", "sparsity_actual", "p50",
-             "speedup", "quality"]
+             "speedup", "speedup_best", "quality"]
     if len({r.device for r in rows}) > 1:  # only needed to tell rows apart when several devices ran
         names.insert(3, "device")
     cols = columns(*names)
@@ -49,12 +50,23 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
     meta = [f"{k} `{_cell(info[k])}`" for k in ("run_id", "created_at") if info.get(k) is not None]
     if meta:
         lines += [" · ".join(meta), ""]
-    lines += ["## Verdicts", "", *verdict_lines(rows), "", "## Results", ""]
+    lines += ["## Verdicts", "", *verdict_lines(rows), ""]
+    if notes:
+        lines += ["## Notes", "", *(f"- {_cell(n)}" for n in notes), ""]
+    lines += ["## Results", ""]
     lines.append("| " + " | ".join(c.header for c in cols) + " |")
     lines.append("|" + "|".join("---:" if c.numeric else "---" for c in cols) + "|")
     for group in groups:
         for row in group.rows:
             lines.append("| " + " | ".join(_cell(c.cell(row, group)) for c in cols) + " |")
-    lines += ["", "Speedup = dense p50 / variant p50 within the same model, batch and device. "
-              "n/a = not available. Accuracy where the model has labels, else top-1 agreement with dense.", ""]
+    lines += ["", "Speedup vs dense = our dense build's p50 / variant p50 within the same model, batch and device; "
+              "speedup vs best dense = the fastest dense runtime's p50 (ours or a peer runtime's, in brackets) / "
+              "variant p50. n/a = not available. Accuracy where the model has labels, else top-1 agreement with "
+              "dense.", ""]
+    best = [best_dense_lines(g) for g in groups]
+    if any(best):
+        lines += ["## Against the best dense runtime", ""]
+        for first, *flagged in (ls for ls in best if ls):
+            lines += [f"- {_cell(first)}", *(f"  - {_cell(line)}" for line in flagged)]
+        lines.append("")
     return "\n".join(lines)

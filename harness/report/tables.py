@@ -10,12 +10,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..peers import PEER_METHODS
 from ..records import VERDICTS, ResultRow
 from . import fmt
 from .fmt import as_float
 
-#: Display order of pruning methods: the dense baseline first, unknown methods last (alphabetically).
-METHOD_ORDER = {"dense": 0, "unstructured": 1, "block": 2}
+#: Display order of methods: the dense baseline first, then the peer runtimes (dense too), unknown methods last
+#: (alphabetically).
+METHOD_ORDER = {"dense": 0, **{peer: 1 for peer in sorted(PEER_METHODS)}, "unstructured": 2, "block": 3}
 
 
 def _none_last(value: object) -> tuple[bool, object]:
@@ -29,7 +31,18 @@ def sparsity_of(row: ResultRow) -> float | None:
 
 
 def is_dense(row: ResultRow) -> bool:
+    """Our own dense build (the baseline of "speedup vs dense")."""
     return row.method == "dense"
+
+
+def is_peer(row: ResultRow) -> bool:
+    """A peer runtime's row (onnxruntime...): the dense model in the runtime users already have."""
+    return row.method in PEER_METHODS
+
+
+def is_baseline(row: ResultRow) -> bool:
+    """A dense runtime, ours or a peer's: a reference line in the plots, not a point on a sparsity curve."""
+    return is_dense(row) or is_peer(row)
 
 
 def is_measured(row: ResultRow) -> bool:
@@ -49,8 +62,8 @@ def series_label(key: tuple[str, str]) -> str:
 
 def short_label(row: ResultRow) -> str:
     """A few characters naming a variant inside a plot: ``dense``, ``unstructured 90%``, ``block 16x1 50%``."""
-    if is_dense(row):
-        return "dense"
+    if is_baseline(row):
+        return row.method
     return f"{series_label(series_key(row))} {fmt.pct(row.sparsity_target, 0)}"
 
 
@@ -62,7 +75,8 @@ def row_sort_key(row: ResultRow) -> tuple:
 
 @dataclass(frozen=True)
 class Group:
-    """The rows of one (model, batch, device), sorted; the dense row among them is the baseline.
+    """The rows of one (model, batch, device), sorted; the dense row among them is the baseline, the peers' rows
+    (one per peer runtime) the other dense runtimes it is held against.
 
     ``samples`` maps variant_key to per-iteration latencies in ms, restricted to this group's rows.
     """
@@ -73,6 +87,7 @@ class Group:
     rows: tuple[ResultRow, ...]
     baseline: ResultRow | None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    peers: tuple[ResultRow, ...] = ()
 
     @property
     def title(self) -> str:
@@ -95,6 +110,32 @@ class Group:
         return base / p50 if ok else None
 
     @property
+    def best_dense(self) -> ResultRow | None:
+        """The fastest dense runtime of the group (least p50): our dense build or a peer's row."""
+        candidates = [r for r in (self.baseline, *self.peers) if r is not None]
+        return min(candidates, key=lambda r: as_float(r.latency_p50_ms), default=None)
+
+    @property
+    def best_dense_p50(self) -> float | None:
+        best = self.best_dense
+        return None if best is None else as_float(best.latency_p50_ms)
+
+    def speedup_best(self, row: ResultRow) -> float | None:
+        """Best dense p50 / this row's p50: below 1 the row is slower than a dense runtime the user can have,
+        whatever its speedup vs our dense build."""
+        base, p50 = self.best_dense_p50, as_float(row.latency_p50_ms)
+        ok = base is not None and p50 is not None and p50 > 0 and row.verdict != "ERROR"
+        return base / p50 if ok else None
+
+    def only_beats_slow_dense(self) -> list[ResultRow]:
+        """Sparse rows faster than our dense build but not than the best dense runtime (a peer's): their speedup
+        comes from a slow baseline."""
+        if self.best_dense is None or self.best_dense is self.baseline:
+            return []
+        return [r for r in self.measured() if not is_baseline(r) and (self.speedup(r) or 0) > 1
+                and (self.speedup_best(r) or 0) < 1]
+
+    @property
     def has_accuracy(self) -> bool:
         """Whether the model has labels: some measured row reports an accuracy."""
         return any(as_float(r.accuracy) is not None for r in self.rows if is_measured(r))
@@ -103,10 +144,11 @@ class Group:
         return [r for r in self.rows if is_measured(r)]
 
 
-def _pick_baseline(rows: list[ResultRow]) -> ResultRow | None:
-    """The dense row of a group: a VALID measured one if any, else any measured one (an INVALID baseline is
-    still the best reference there is; the verdict table says it is INVALID)."""
-    dense = [r for r in rows if is_dense(r) and is_measured(r)]
+def _pick_baseline(rows: list[ResultRow], method: str = "dense") -> ResultRow | None:
+    """The ``method`` row of a group (our dense build, or one peer's): a VALID measured one if any, else any
+    measured one (an INVALID baseline is still the best reference there is; the verdict table says it is
+    INVALID)."""
+    dense = [r for r in rows if r.method == method and is_measured(r)]
     valid = [r for r in dense if r.verdict == "VALID"]
     return (valid or dense or [None])[0]
 
@@ -120,7 +162,9 @@ def group_rows(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None
     groups = []
     for (model, batch, device), members in buckets.items():
         group_samples = {r.variant_key: list(samples[r.variant_key]) for r in members if r.variant_key in samples}
-        groups.append(Group(model, batch, device, tuple(members), _pick_baseline(members), group_samples))
+        peers = (_pick_baseline(members, m) for m in sorted({r.method for r in members if is_peer(r)}))
+        groups.append(Group(model, batch, device, tuple(members), _pick_baseline(members), group_samples,
+                            tuple(p for p in peers if p is not None)))
     return groups
 
 
@@ -177,6 +221,29 @@ def _quality(row: ResultRow, group: Group) -> str:
     return fmt.NA
 
 
+def _speedup_best(row: ResultRow, group: Group) -> str:
+    """``0.45× (onnxruntime)``: the ratio, and which dense runtime was fastest."""
+    value = group.speedup_best(row)
+    return fmt.NA if value is None else f"{fmt.speedup(value)} ({group.best_dense.method})"
+
+
+def best_dense_lines(group: Group) -> list[str]:
+    """Plain-text lines for a group with peers: which dense runtime is fastest, and every sparse row whose
+    speedup comes only from beating a slower dense build. Empty without peer rows."""
+    best = group.best_dense
+    if not group.peers or best is None:
+        return []
+    others = [r for r in (group.baseline, *group.peers) if r is not None and r is not best]
+    versus = ", ".join(f"{r.method} {fmt.sig(r.latency_p50_ms)} ms" for r in others)
+    name = "our dense build" if is_dense(best) else best.method
+    lines = [f"{group.title}: best dense runtime {name}, p50 {fmt.sig(best.latency_p50_ms)} ms"
+             + (f" (vs {versus})" if versus else "")]
+    for row in group.only_beats_slow_dense():
+        lines.append(f"{short_label(row)}: {fmt.speedup(group.speedup(row))} vs our dense build but "
+                     f"{fmt.speedup(group.speedup_best(row))} vs {best.method}: it only beats a slower dense build")
+    return lines
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("verdict", "verdict", _show(fmt.text, lambda r: r.verdict), numeric=False),
     Column("model", "model", _show(fmt.text, lambda r: r.model), numeric=False),
@@ -191,6 +258,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("p99", "p99 ms", _show(fmt.sig, lambda r: r.latency_p99_ms)),
     Column("cv", "CV", _show(fmt.pct, lambda r: r.latency_cv)),
     Column("speedup", "speedup vs dense", lambda r, g: fmt.speedup(g.speedup(r))),
+    Column("speedup_best", "speedup vs best dense", _speedup_best),
     Column("quality", "accuracy / top-1", _quality),
     Column("accuracy", "accuracy", _show(lambda v: fmt.pct(v, 2), lambda r: r.accuracy)),
     Column("top1", "top-1 agreement", _show(lambda v: fmt.pct(v, 2), lambda r: r.top1_agreement)),

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import HarnessError
 from ..records import ResultRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,7 +50,15 @@ CREATE TABLE IF NOT EXISTS outputs (
     result_id INTEGER PRIMARY KEY REFERENCES results(id) ON DELETE CASCADE,
     npy BLOB NOT NULL
 );
+{notes}
 """
+
+#: what a run could not do without it being a row's error (a peer runtime the device lacks); the report shows them
+_NOTES = """CREATE TABLE IF NOT EXISTS notes (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    note TEXT NOT NULL,
+    PRIMARY KEY (run_id, note)
+);"""
 
 
 def results_ddl() -> str:
@@ -63,7 +71,7 @@ def results_ddl() -> str:
     return "CREATE TABLE IF NOT EXISTS results (\n    " + ",\n    ".join(lines) + "\n);"
 
 
-_SCHEMA = _TABLES.format(results=results_ddl())
+_SCHEMA = _TABLES.format(results=results_ddl(), notes=_NOTES)
 
 def _v1_to_v2(conn: sqlite3.Connection) -> None:
     """2: the toolchain that built the artifact; layers_json records gain "weight" (old ones keep what they had);
@@ -74,9 +82,14 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
                      (re.sub(r"/nm-(\d+)of(\d+)/", r"/nm-\1:\2/", key), rowid))
 
 
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    """3: run notes (a peer runtime unavailable on the device)."""
+    conn.execute(_NOTES)
+
+
 #: schema version -> a function that upgrades a store from that version to the next, inside one transaction.
 #: A test checks that a migrated store has exactly the columns of a new one.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def new_run_id() -> str:
@@ -167,6 +180,16 @@ class ResultStore:
             known = [r["run_id"] for r in self.list_runs()][-5:]
             raise HarnessError(f"no run {run_id!r} in {self.path}; recent runs: {', '.join(known) or 'none'}")
         return run_id
+
+    def add_note(self, run_id: str, note: str) -> None:
+        """Record one line about the run for its report (kept once, however often a resume repeats it)."""
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO notes VALUES (?, ?)", (run_id, note))
+
+    def notes(self, run_id: str) -> list[str]:
+        """The run's notes, in the order they were first made."""
+        rows = self.conn.execute("SELECT note FROM notes WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [r[0] for r in rows]
 
     # results ------------------------------------------------------------------------------------------------------
 
