@@ -198,8 +198,6 @@ class Benchmark:
     def select(self, jobs: list[Job], transport):
         """The kernel-selection step: every candidate kernel of the jobs' layers timed on the device (or taken
         from its timing cache); returns the :class:`~harness.compile.select.Selection` the builds follow."""
-        import sys
-
         from .compile.select import select_kernels
 
         log = (lambda msg: print(msg, file=sys.stderr)) if self.progress else None
