@@ -295,7 +295,9 @@ class LayerRecord(_JsonRecord):
     rule: str | None = None
     """For ``rule``: the rule that decided, and why no measurement was used."""
     op: str | None = None
-    """``matmul``, ``conv1x1`` or ``conv``."""
+    """The compiler's name for the operation it scheduled (``matmul``, ``conv1x1``, ``conv3x3``, ...)."""
+    node_op: str | None = None
+    """The layer's ONNX operator as the model has it (``Gemm``, ``MatMul``, ``Conv 3×3 /2``, ...)."""
     epilogue: str | None = None
     """What was fused into the kernel's store: ``bias``, ``relu``, ``bias+relu`` or ``None``."""
     density: float | None = None
@@ -337,7 +339,8 @@ def join_layers(pruned: Sequence[LayerSparsity], compiled: Iterable[Mapping[str,
         extra = {k: v for k, v in choice.items() if k not in known and k not in _COMPILER_SKIP}
         out.append(LayerRecord(layer=layer.layer, weight=layer.weight, shape=tuple(layer.shape),
                                sparsity_target=layer.sparsity_target, sparsity_actual=layer.sparsity_actual,
-                               pruned=layer.pruned, **compiler, extra=extra))
+                               pruned=layer.pruned, node_op=getattr(layer, "node_op", None), **compiler,
+                               extra=extra))
     return tuple(out)
 
 

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.records import LayerRecord, ResultRow
@@ -202,3 +203,42 @@ def test_report_shows_speedup_vs_best_dense_and_peer_notes(tmp_path):
     with open(paths["csv"]) as fh:
         assert csv.DictReader(fh).fieldnames == CSV_COLUMNS  # the CSV keeps its columns
     assert any(Path(p).name.endswith("_latency.png") for p in paths["plots"])
+
+
+def test_layer_table_names_every_operator_and_kernel(tmp_path):
+    """Issue 9 item 8: a layer left to TVM reads "dense, TVM default schedule", never n/a; every layer names its
+    operator (the ONNX node's, and the compiler's form where it has one)."""
+    layers = (LayerRecord(layer="conv1", weight="conv1.weight", shape=(16, 27), sparsity_target=0.0,
+                          sparsity_actual=0.0, kernel="default", choice="none", node_op="Conv 3×3 /2"),
+              LayerRecord(layer="fc", weight="fc.weight", shape=(10, 16), sparsity_target=0.9, sparsity_actual=0.9,
+                          kernel="bsr", block=(16, 1), choice="rule", rule="sparsity >= 0.5", op="matmul",
+                          node_op="Gemm"),
+              LayerRecord(layer="orphan", weight="w", shape=(4, 4), sparsity_target=0.0, sparsity_actual=0.0))
+    rows = [replace(make_row("cnn", "dense", 0.0), layers=layers)]
+    paths = write_report(rows, tmp_path, samples=samples_for(rows), run_info={"run_id": "run-1"})
+    html = Path(paths["html"]).read_text()
+    table = html[html.index('id="layers"'):]
+    table = table[:table.index("</section>")]
+    assert "Conv 3×3 /2" in table and "dense, TVM default schedule" in table
+    assert "Gemm → matmul" in table and "bsr 16×1 (ours)" in table
+    assert "unknown operator" in table
+    assert "n/a" not in table
+
+
+def test_pruning_names_the_onnx_operator(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.sparsify import make_variant
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "c1"),
+             numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "dw")]
+    nodes = [helper.make_node("Conv", ["x", "c1"], ["a"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "dw"], ["b"], group=8, pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 8, 4, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    variant = make_variant("m", tmp_path / "m.onnx", None, 0.0, tmp_path / "v")
+    assert [layer.node_op for layer in variant.layers] == ["Conv 3×3 /2", "Conv 3×3 depthwise"]

@@ -135,6 +135,24 @@ def _why(layer: LayerRecord) -> str:
     return "left to TVM's default schedule"
 
 
+def _kernel(layer: LayerRecord) -> str:
+    """Which kernel ran the layer: ours (``bsr 16×1``, ``dense``, ``nm 2:4``) or TVM's own lowering, never blank."""
+    if layer.kernel in (None, "default"):
+        return "dense, TVM default schedule"
+    if layer.block:
+        sep = ":" if layer.kernel == "nm" else "×"
+        return f"{layer.kernel} {sep.join(map(str, layer.block))} (ours)"
+    return f"{layer.kernel} (ours)"
+
+
+def _operator(layer: LayerRecord) -> str:
+    """The layer's operator: the ONNX node's (``Conv 3×3 /2``), and the compiler's form of it when it says more."""
+    names = [name for name in (layer.node_op, layer.op) if name]
+    if not names:
+        return "unknown operator (no pruning or compiler record)"
+    return " → ".join(dict.fromkeys(names))
+
+
 def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
     out = ['<section id="layers">', "<h2>Per-layer sparsity and kernel choice</h2>"]
     for row in rows:
@@ -146,17 +164,17 @@ def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
         if not layers:
             out.append('<p class="note">No per-layer data.</p>')
         else:
-            out.append("<table><thead><tr><th>layer</th><th>shape</th><th>sparsity target</th>"
-                       "<th>sparsity actual</th><th>kernel</th><th>block</th><th>why</th></tr></thead><tbody>")
+            out.append("<table><thead><tr><th>layer</th><th>operator</th><th>shape</th><th>sparsity target</th>"
+                       "<th>sparsity actual</th><th>kernel</th><th>why</th></tr></thead><tbody>")
             for layer in layers:
                 weight = f' title="weight {_e(layer.weight)}"' if layer.weight else ""
                 out.append("<tr>" + "".join([
                     f"<td{weight}>{_e(fmt.text(layer.layer))}</td>",
+                    f"<td>{_e(_operator(layer))}</td>",
                     f'<td class="num">{_e("×".join(map(str, layer.shape)) if layer.shape else fmt.NA)}</td>',
                     f'<td class="num">{_e(fmt.pct(layer.sparsity_target))}</td>',
                     f'<td class="num">{_e(fmt.pct(layer.sparsity_actual))}</td>',
-                    f"<td>{_e(fmt.text(layer.kernel))}</td>",
-                    f"<td>{_e('×'.join(map(str, layer.block)) if layer.block else '—')}</td>",
+                    f"<td>{_e(_kernel(layer))}</td>",
                     f"<td>{_e(_why(layer))}</td>"]) + "</tr>")
             out.append("</tbody></table>")
         out.append("</details>")

@@ -26,6 +26,7 @@ class LayerSparsity:
     sparsity_target: float
     sparsity_actual: float
     pruned: bool  # False for first/last layers excluded by the config
+    node_op: str | None = None  # the ONNX operator as the model has it: "Gemm", "MatMul", "Conv 3×3 /2", ...
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +79,23 @@ def _weight_view(node, init_name: str, array: np.ndarray) -> tuple[np.ndarray, c
         shape = array.shape
         return array.reshape(shape[0], -1), lambda v: v.reshape(shape)
     return None
+
+
+def node_op(node, array: np.ndarray) -> str:
+    """The layer's ONNX operator in the model's own terms: ``Gemm``, ``MatMul``, or ``Conv kh×kw`` with its stride
+    (``/2``), ``depthwise`` (one group per channel) or ``groups=g`` -- what a reader recognises from the exporter."""
+    if node.op_type != "Conv":
+        return node.op_type
+    attrs = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
+    window = "×".join(str(d) for d in array.shape[2:])
+    text = f"Conv {window}"
+    strides = attrs.get("strides") or [1]
+    if any(s != 1 for s in strides):
+        text += " /" + "×".join(str(s) for s in dict.fromkeys(strides))
+    groups = attrs.get("group", 1) or 1
+    if groups > 1:
+        text += " depthwise" if groups == array.shape[0] and array.shape[1] == 1 else f" groups={groups}"
+    return text
 
 
 def prunable_layers(model) -> list[tuple[object, str]]:
@@ -165,6 +183,7 @@ def make_variant(model_name: str, onnx_path: Path, method: Method | None, level:
             sparsity_target=level if do_prune else 0.0,
             sparsity_actual=float(np.count_nonzero(view == 0) / view.size),
             pruned=do_prune,
+            node_op=node_op(node, array),
         ))
     payload = model.SerializeToString()
     sha = hashlib.sha256(payload).hexdigest()
