@@ -127,6 +127,25 @@ class LatencyStats:
     """std / mean over every sample, unitless."""
     n_outliers: int = field(metadata=_column("n_outliers"))
     """Samples above max(Q3 + 3·IQR, 2·p50): interruptions, not the model."""
+    p50_ci_low_ms: float | None = field(default=None, metadata=_column("latency_p50_ci_low_ms"))
+    """Lower end of the 95 % distribution-free (order-statistic) confidence interval of the median, ms."""
+    p50_ci_high_ms: float | None = field(default=None, metadata=_column("latency_p50_ci_high_ms"))
+    """Upper end of that interval of the median, ms."""
+    p90_ci_low_ms: float | None = field(default=None, metadata=_column("latency_p90_ci_low_ms"))
+    """95 % interval of the 90th percentile, lower end, ms (``None`` with too few samples)."""
+    p90_ci_high_ms: float | None = field(default=None, metadata=_column("latency_p90_ci_high_ms"))
+    """95 % interval of the 90th percentile, upper end, ms."""
+    p99_ci_low_ms: float | None = field(default=None, metadata=_column("latency_p99_ci_low_ms"))
+    """95 % interval of the 99th percentile, lower end, ms (``None`` below ~300 samples)."""
+    p99_ci_high_ms: float | None = field(default=None, metadata=_column("latency_p99_ci_high_ms"))
+    """95 % interval of the 99th percentile, upper end, ms."""
+
+    @property
+    def p50_ci(self) -> tuple[float, float] | None:
+        """(low, high) of the median's 95 % interval, ms; ``None`` when unknown."""
+        if self.p50_ci_low_ms is None or self.p50_ci_high_ms is None:
+            return None
+        return self.p50_ci_low_ms, self.p50_ci_high_ms
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -403,6 +422,18 @@ class ResultRow:
     """90th percentile latency, ms."""
     latency_p99_ms: float | None = None
     """99th percentile latency, ms."""
+    latency_p50_ci_low_ms: float | None = None
+    """Median's 95 % order-statistic confidence interval, lower end, ms (schema 4)."""
+    latency_p50_ci_high_ms: float | None = None
+    """Median's 95 % confidence interval, upper end, ms."""
+    latency_p90_ci_low_ms: float | None = None
+    """p90's 95 % confidence interval, lower end, ms."""
+    latency_p90_ci_high_ms: float | None = None
+    """p90's 95 % confidence interval, upper end, ms."""
+    latency_p99_ci_low_ms: float | None = None
+    """p99's 95 % confidence interval, lower end, ms (empty with too few samples)."""
+    latency_p99_ci_high_ms: float | None = None
+    """p99's 95 % confidence interval, upper end, ms."""
     latency_mean_ms: float | None = None
     """Mean latency, ms."""
     latency_std_ms: float | None = None
@@ -504,6 +535,13 @@ class ResultRow:
 
     def with_latency(self, stats: LatencyStats) -> ResultRow:
         return replace(self, **stats.columns())
+
+    @property
+    def p50_ci(self) -> tuple[float, float] | None:
+        """(low, high) of the median's 95 % interval, ms; ``None`` when not measured or stored before schema 4."""
+        if self.latency_p50_ci_low_ms is None or self.latency_p50_ci_high_ms is None:
+            return None
+        return self.latency_p50_ci_low_ms, self.latency_p50_ci_high_ms
 
     @property
     def latency(self) -> LatencyStats | None:

@@ -46,3 +46,46 @@ def test_outliers_do_not_hide_a_steady_distribution_but_are_counted():
     many = latency_stats(np.concatenate([steady, [80_000_000] * 100]))  # 5 % stalls: an interrupted run
     status, reasons = verdict(many, q, min_valid_runs=10, max_cv=0.1, ref_rtol=1e-4)
     assert status == "INVALID" and "outliers" in reasons[-1]
+
+
+# --- confidence intervals of percentiles (issue 10) ------------------------------------------------------------
+
+def test_median_ci_ranks_match_the_binomial_tables():
+    from harness.measure.stats import quantile_ci_ranks
+
+    assert quantile_ci_ranks(30, 0.5) == (10, 21)  # the textbook 95 % ranks for n = 30
+    assert quantile_ci_ranks(10, 0.5) == (2, 9)
+    assert quantile_ci_ranks(50, 0.99) is None  # no interval for a p99 from 50 samples
+    assert quantile_ci_ranks(5, 0.5) is None  # nor for a median from 5
+
+
+@pytest.mark.parametrize("draw", [lambda rng, n: rng.lognormal(0, 0.5, n), lambda rng, n: rng.exponential(1, n),
+                                  lambda rng, n: np.concatenate([rng.normal(1, 0.01, n - n // 20),
+                                                                 rng.uniform(2, 50, n // 20)])])
+def test_ci_covers_the_true_quantile_for_skewed_and_stalled_distributions(draw):
+    """Distribution-free: ~95 % coverage of the true median and p90 on a skewed, a heavy-tailed and a
+    'stalls' distribution, known here from a huge sample."""
+    from harness.measure.stats import quantile_ci
+
+    rng = np.random.default_rng(0)
+    truth = {q: float(np.quantile(draw(rng, 2_000_000), q)) for q in (0.5, 0.9)}
+    for q in (0.5, 0.9):
+        hits = 0
+        for _ in range(400):
+            lo, hi = quantile_ci(np.sort(draw(rng, 200)), q)
+            hits += lo <= truth[q] <= hi
+        assert 0.92 <= hits / 400 <= 0.99, (q, hits)
+
+
+def test_latency_stats_carry_the_intervals_and_speedup_ci_flags_no_difference():
+    from harness.measure.stats import ratio_ci
+    from harness.report import fmt
+
+    rng = np.random.default_rng(1)
+    stats = latency_stats((rng.lognormal(0, 0.1, 2000) * 1e6).astype(np.int64))
+    assert stats.p50_ci_low_ms <= stats.p50_ms <= stats.p50_ci_high_ms
+    assert stats.p50_ci_high_ms - stats.p50_ci_low_ms < 0.02 * stats.p50_ms  # thousands of samples: a tight median
+    assert stats.p99_ci_low_ms <= stats.p99_ms <= stats.p99_ci_high_ms
+    assert ratio_ci((2.0, 2.2), (1.0, 1.1)) == pytest.approx((2.0 / 1.1, 2.2))
+    assert "no significant difference" in fmt.speedup_ci(1.01, ratio_ci((1.0, 1.05), (0.98, 1.02)))
+    assert "no significant difference" not in fmt.speedup_ci(2.0, ratio_ci((2.0, 2.1), (0.98, 1.02)))

@@ -16,7 +16,9 @@ from .tables import row_sort_key
 CSV_COLUMNS = ["run_id", "model", "method", "sparsity_target", "sparsity_actual", "block", "batch", "target",
                "device", "transport", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
                "latency_cv", "n_iter", "accuracy", "top1_agreement", "max_abs_err", "energy_mj", "energy_status",
-               "artifact_bytes", "peak_rss_mb", "verdict", "error"]
+               "artifact_bytes", "peak_rss_mb", "verdict", "error",
+               # appended (schema 4) so readers that index columns by position keep working
+               "latency_p50_ci_low_ms", "latency_p50_ci_high_ms"]
 
 
 def write_csv_stream(rows: Iterable[ResultRow], out: TextIO) -> None:

@@ -47,6 +47,29 @@ def speedup(value: object) -> str:
     return NA if f is None else f"{sig(f)}×"
 
 
+def interval(low: object, high: object, unit: str = "") -> str:
+    """A confidence interval: ``[1.21–1.25]`` (empty when either end is missing)."""
+    lo, hi = as_float(low), as_float(high)
+    return "" if lo is None or hi is None else f"[{sig(lo)}–{sig(hi)}{unit}]"
+
+
+def with_ci(value: object, ci: tuple[float, float] | None, unit: str = "") -> str:
+    """A statistic and its 95 % interval: ``1.23 [1.21–1.25]``; the value alone when the interval is unknown."""
+    f = as_float(value)
+    if f is None:
+        return NA
+    text = f"{sig(f)}{unit}"
+    return text if ci is None else f"{text} {interval(*ci, unit)}"
+
+
+def speedup_ci(value: object, ci: tuple[float, float] | None) -> str:
+    """A speedup with its interval, and ``no significant difference`` when the interval contains 1."""
+    text = with_ci(value, ci, "×")
+    if ci is not None and ci[0] <= 1.0 <= ci[1]:
+        text += " no significant difference"
+    return text
+
+
 def sci(value: object) -> str:
     """Small error magnitudes: 1.234e-5 → ``1.23e-05``."""
     f = as_float(value)

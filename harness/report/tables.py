@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..peers import PEER_METHODS
+from ..measure.stats import ratio_ci
 from ..records import VERDICTS, ResultRow
 from . import fmt
 from .fmt import as_float
@@ -120,6 +121,18 @@ class Group:
         best = self.best_dense
         return None if best is None else as_float(best.latency_p50_ms)
 
+    def speedup_ci(self, row: ResultRow) -> tuple[float, float] | None:
+        """Interval of :meth:`speedup` from the two medians' 95 % intervals (holds with >= 90 %: both must)."""
+        if self.speedup(row) is None:
+            return None
+        return ratio_ci(self.baseline.p50_ci, row.p50_ci)
+
+    def speedup_best_ci(self, row: ResultRow) -> tuple[float, float] | None:
+        """Interval of :meth:`speedup_best`, as :meth:`speedup_ci`."""
+        if self.speedup_best(row) is None:
+            return None
+        return ratio_ci(self.best_dense.p50_ci, row.p50_ci)
+
     def speedup_best(self, row: ResultRow) -> float | None:
         """Best dense p50 / this row's p50: below 1 the row is slower than a dense runtime the user can have,
         whatever its speedup vs our dense build."""
@@ -224,7 +237,9 @@ def _quality(row: ResultRow, group: Group) -> str:
 def _speedup_best(row: ResultRow, group: Group) -> str:
     """``0.45× (onnxruntime)``: the ratio, and which dense runtime was fastest."""
     value = group.speedup_best(row)
-    return fmt.NA if value is None else f"{fmt.speedup(value)} ({group.best_dense.method})"
+    if value is None:
+        return fmt.NA
+    return f"{fmt.speedup_ci(value, group.speedup_best_ci(row))} ({group.best_dense.method})"
 
 
 def best_dense_lines(group: Group) -> list[str]:
@@ -253,12 +268,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("block", "block", lambda r, g: r.block or "—", numeric=False),
     Column("sparsity_target", "sparsity target", _show(fmt.pct, lambda r: r.sparsity_target)),
     Column("sparsity_actual", "sparsity actual", _show(fmt.pct, lambda r: r.sparsity_actual)),
-    Column("p50", "p50 ms", _show(fmt.sig, lambda r: r.latency_p50_ms)),
+    Column("p50", "p50 ms [95 % CI]", lambda r, g: fmt.with_ci(r.latency_p50_ms, r.p50_ci)),
     Column("p90", "p90 ms", _show(fmt.sig, lambda r: r.latency_p90_ms)),
     Column("p99", "p99 ms", _show(fmt.sig, lambda r: r.latency_p99_ms)),
     Column("cv", "CV", _show(fmt.pct, lambda r: r.latency_cv)),
-    Column("speedup", "speedup vs dense", lambda r, g: fmt.speedup(g.speedup(r))),
-    Column("speedup_best", "speedup vs best dense", _speedup_best),
+    Column("speedup", "speedup vs dense [CI]", lambda r, g: fmt.speedup_ci(g.speedup(r), g.speedup_ci(r))),
+    Column("speedup_best", "speedup vs best dense [CI]", _speedup_best),
     Column("quality", "accuracy / top-1", _quality),
     Column("accuracy", "accuracy", _show(lambda v: fmt.pct(v, 2), lambda r: r.accuracy)),
     Column("top1", "top-1 agreement", _show(lambda v: fmt.pct(v, 2), lambda r: r.top1_agreement)),
