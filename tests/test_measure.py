@@ -74,7 +74,7 @@ def test_ci_covers_the_true_quantile_for_skewed_and_stalled_distributions(draw):
         for _ in range(400):
             lo, hi = quantile_ci(np.sort(draw(rng, 200)), q)
             hits += lo <= truth[q] <= hi
-        assert 0.92 <= hits / 400 <= 0.99, (q, hits)
+        assert hits / 400 >= 0.92, (q, hits)  # at least the nominal 95 % (less 3 % for 400 draws)
 
 
 def test_latency_stats_carry_the_intervals_and_speedup_ci_flags_no_difference():
