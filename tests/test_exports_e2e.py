@@ -3,7 +3,10 @@ CNN and of a BERT-style encoder with int64 ids and an attention mask, skl2onnx o
 through ``sparsebench run`` as a user would -- a config with the dense model and one 90 % 16x1 block variant on the
 ``local`` target, real TVM compiles, the real runner -- and every row compiled, checked against onnxruntime's
 evaluation of the same (pruned) model, and the report written. Speed is not asserted here: the targets live in
-`sparsebench models`' JSON."""
+`sparsebench models`' JSON.
+
+Each case compiles two builds, times their kernel candidates and runs the runner twice: 30-100 s on the shared
+2-core VM, so all are marked slow (CI runs them; `-m "not slow"` skips them)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import pytest
 from conftest import sparsebench, write_config
 from exports import bert_encoder, sklearn_mlp, small_cnn
 from harness.modelbench.exports import missing
+
+pytestmark = pytest.mark.slow
 
 NO_TORCH = missing("torch", "torchvision", "onnxscript")
 needs_torch = pytest.mark.skipif(bool(NO_TORCH), reason=f"the torch exporter needs {', '.join(NO_TORCH)} "

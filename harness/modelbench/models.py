@@ -54,7 +54,7 @@ class SuiteModel:
             return zoo.materialize(self.name)
         digest = hashlib.sha256(Path(exports.__file__).read_bytes())
         for module in self.requires:
-            digest.update(f"{module}={_version(module)}".encode())
+            digest.update(f"{module}={package_version(module)}".encode())
         folder = cache_dir() / "modelbench" / f"{self.name}-{digest.hexdigest()[:12]}"
         done = folder / "made.txt"  # written last: its presence marks a complete export
         if done.is_file():
@@ -65,11 +65,12 @@ class SuiteModel:
         return onnx_path, eval_path
 
 
-def _version(module: str) -> str:
+def package_version(module: str) -> str | None:
+    """The installed version of the distribution that provides ``module`` (None: not installed)."""
     try:
         return importlib.metadata.version({"sklearn": "scikit-learn"}.get(module, module))
     except importlib.metadata.PackageNotFoundError:
-        return "?"
+        return None
 
 
 def _zoo_models() -> list[SuiteModel]:

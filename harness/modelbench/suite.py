@@ -265,16 +265,15 @@ def _meta(plan: Plan, threads: int, started: float, load_start: float) -> dict:
     from ..compile.tvm_adapter import tvm_version
     from ..config import load_target
     from ..kernelbench.suite import _cpu_model
-    from .exports import missing
+    from .models import package_version
 
-    versions = {}
-    for module in ("onnx", "onnxruntime", "torch", "torchvision", "onnxscript", "sklearn", "skl2onnx"):
-        if not missing(module):
-            versions[module] = getattr(__import__(module), "__version__", "?")
+    # from the installed distributions' metadata: importing torch just to read its version costs seconds
+    versions = {name: package_version(name) for name in ("onnx", "onnxruntime", "torch", "torchvision", "onnxscript",
+                                                         "sklearn", "skl2onnx")}
     return {
         "measured": MEASURED_HOW,
         "target": load_target("local").tvm_target,
-        "tvm_version": tvm_version(),
+        "tvm_version": package_version("apache-tvm") or tvm_version(),  # the wheel's, without importing TVM
         "tvm_threads": int(os.environ["TVM_NUM_THREADS"]),
         "ort_threads": threads,
         "cpus": threads,
