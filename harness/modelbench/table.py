@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 
+def _num(ms: float) -> str:
+    """Three significant digits without an exponent (milliseconds run from 0.002 to thousands)."""
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def _ms(entry: dict | None) -> str:
     timing = (entry or {}).get("timing")
     if not timing:
         return "-"
-    return f"{timing['median_ms']:.3g} [{timing['p10_ms']:.3g}-{timing['p90_ms']:.3g}]"
+    return f"{_num(timing['median_ms'])} [{_num(timing['p10_ms'])}-{_num(timing['p90_ms'])}]"
 
 
 def _ratio(value: float | None) -> str:
@@ -29,8 +34,8 @@ def format_table(doc: dict) -> str:
     ms [p10-p90] and onnxruntime's, the time ratios dense/ORT (target <= 1.5), sparse/ORT and sparse/dense (CNNs:
     target < 0.95 both), compile wall time; skipped and failed models with their reason."""
     meta = doc["meta"]
-    head = (f"{'model':<14} {'kind':<11} {'dense built/check':<19} {'sparse built/check':<19} {'dense ms':>20} "
-            f"{'ORT ms':>20} {'sparse ms':>20} {'d/ORT':>6} {'s/ORT':>6} {'s/d':>6} {'compile s':>9}")
+    head = (f"{'model':<14} {'kind':<11} {'dense built/check':<19} {'sparse built/check':<19} {'dense ms':>22} "
+            f"{'ORT ms':>22} {'sparse ms':>22} {'d/ORT':>6} {'s/ORT':>6} {'s/d':>6} {'compile s':>9}")
     lines = [f"models on {meta['cpu_model']} ({meta['cpus']} cpus, TVM {meta['tvm_version']} "
              f"{meta['tvm_threads']} threads, onnxruntime {meta['ort_threads']} threads), batch "
              f"{meta['plan']['batch']}, sparse = {meta['plan']['sparsity']:g} with "
@@ -42,7 +47,7 @@ def format_table(doc: dict) -> str:
             continue
         r = m.get("ratios", {})
         lines.append(f"{m['model']:<14} {m['kind']:<11} {_built(m.get('dense')):<19} {_built(m.get('sparse')):<19} "
-                     f"{_ms(m.get('dense')):>20} {_ms(m.get('ort')):>20} {_ms(m.get('sparse')):>20} "
+                     f"{_ms(m.get('dense')):>22} {_ms(m.get('ort')):>22} {_ms(m.get('sparse')):>22} "
                      f"{_ratio(r.get('dense_over_ort')):>6} {_ratio(r.get('sparse_over_ort')):>6} "
                      f"{_ratio(r.get('sparse_over_dense')):>6} {m.get('compile_wall_s', '-'):>9}")
         if m["status"] == "error":
