@@ -111,3 +111,11 @@ def test_models_command_end_to_end(tmp_path):
     claims = [c["claim"] for c in doc["targets"]]
     assert len(claims) == 4 and "small-cnn" in doc["targets"][3]["detail"]
     assert "small-cnn" in proc.stdout and "issue #9 targets" in proc.stdout
+
+
+def test_cli_has_models_command():
+    from harness.cli import build_parser
+
+    args = build_parser().parse_args(["models", "--quick", "--models", "small-cnn,ffn-768", "--json", "m.json"])
+    assert args.quick and args.models == "small-cnn,ffn-768" and str(args.json) == "m.json"
+    assert args.func.__name__ == "cmd_models"
