@@ -231,6 +231,19 @@ def cmd_kernels(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from .kernelbench import write_json
+    from .modelbench import FULL, QUICK, format_table, model_suite, pick
+
+    models = pick(args.models)  # an unknown name fails here, before anything is exported or compiled
+    ensure_writable_dir(args.json.parent, "output directory")
+    doc = model_suite(models, QUICK if args.quick else FULL)
+    write_json(doc, args.json)
+    print(format_table(doc))
+    print(f"{len(doc['models'])} models -> {args.json}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsebench",
                                      description="Measure what weight sparsity buys a pruned network on your hardware.")
@@ -287,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=Path("results") / "kernels.json", metavar="OUT",
                    help="write every measurement here (default results/kernels.json)")
     p.set_defaults(func=cmd_kernels)
+
+    p = sub.add_parser("models", help="whole models (zoo, torch and skl2onnx exports) dense and 90 %% sparse against "
+                                      "onnxruntime on this machine")
+    p.add_argument("--quick", action="store_true", help="fewer and shorter timing rounds")
+    p.add_argument("--models", metavar="NAME,...", help="only these models (default: all; an unknown name lists them)")
+    p.add_argument("--json", type=Path, default=Path("results") / "models.json", metavar="OUT",
+                   help="write every measurement here (default results/models.json)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("targets", help="list device profiles")
     p.set_defaults(func=cmd_targets)

@@ -1,6 +1,8 @@
 """Small models exported the way people bring them, built here (no downloads): a BERT-style encoder stub with
 token ids and an attention mask (ONNX written directly with ``onnx.helper``, fixed batch 1 like a default
-``torch.onnx.export``), and a scikit-learn MLP classifier through skl2onnx with its label and probabilities."""
+``torch.onnx.export``), a scikit-learn MLP classifier through skl2onnx with its label and probabilities, and real
+``torch.onnx.export`` exports of a torchvision-style CNN and a BERT-style encoder (torch and torchvision are test
+extras; the builders live in ``harness.modelbench.exports``, which `sparsebench models` uses too)."""
 
 from __future__ import annotations
 
@@ -76,26 +78,30 @@ def bert_eval_set(path: Path, *, n: int = 12, seq: int = 16, seed: int = 1, labe
 def sklearn_mlp(folder: Path, *, zipmap: bool = False, seed: int = 0) -> tuple[Path, Path]:
     """An MLPClassifier (8 features, 3 classes) exported by skl2onnx with its label and probabilities outputs
     (``zipmap=False``: plain tensors ``label`` and ``probabilities``; True: skl2onnx's default ``output_label`` and a
-    ``ZipMap`` of ``output_probability``), and an evaluation set ``x``/``y`` of 30 held-out rows."""
-    import warnings
+    ``ZipMap`` of ``output_probability``), and an evaluation set ``x``/``y`` of 30 held-out rows
+    (:func:`harness.modelbench.exports.sklearn_mlp`, which `sparsebench models` benchmarks too)."""
+    from harness.modelbench.exports import sklearn_mlp as export
 
-    from skl2onnx import to_onnx
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
+    return export(folder, zipmap=zipmap, seed=seed)
 
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 1, (150, 8)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=seed).fit(x[:120], y[:120])
-    options = None if zipmap else {id(clf): {"zipmap": False}}
-    model = to_onnx(clf, x[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
-    onnx_path = folder / ("mlp-zipmap.onnx" if zipmap else "mlp.onnx")
-    onnx_path.write_bytes(model.SerializeToString())
-    eval_path = folder / "mlp.npz"
-    np.savez(eval_path, x=x[120:], y=y[120:])
-    return onnx_path, eval_path
+
+def small_cnn(folder: Path, *, exporter: str = "default") -> tuple[Path, Path]:
+    """A torchvision-style CNN with random init (torchvision's ``Conv2dNormActivation``, ResNet ``BasicBlock`` with
+    a strided 1x1 downsample, MobileNetV2 ``InvertedResidual`` with a depthwise conv and ReLU6, max pool, global
+    average pool, Linear) exported by ``torch.onnx.export`` at [1, 3, 32, 32], with 8 random images
+    (:func:`harness.modelbench.exports.small_cnn`). ``exporter``: "default" (dynamo) or "legacy"."""
+    from harness.modelbench.exports import small_cnn as export
+
+    return export(folder, exporter=exporter)
+
+
+def bert_encoder(folder: Path, *, seq: int = 16, exporter: str = "default") -> tuple[Path, Path]:
+    """A BERT-style encoder (token + position embeddings, 2 layers of 2-head attention with Hugging Face's additive
+    mask, GELU FFN, LayerNorm; hidden 64) exported by ``torch.onnx.export`` with int64 ``input_ids`` and
+    ``attention_mask`` [1, seq], with 4 evaluation rows (:func:`harness.modelbench.exports.bert_encoder`)."""
+    from harness.modelbench.exports import bert_encoder as export
+
+    return export(folder, seq=seq, exporter=exporter)
 
 
 def mixed_inputs(path: Path, *, table_rows: int = 10) -> Path:
