@@ -85,7 +85,7 @@ def _build_encoder(onnx_path: Path, eval_path: Path) -> None:
 
 MODELS: dict[str, ZooModel] = {
     "digits-mlp": ZooModel(
-        "digits-mlp", "8x8 handwritten digits classifier, 64-1024-1024-10 MLP trained here; 360 held-out images",
+        "digits-mlp", "8x8 handwritten digits classifier, 64-1024-1024-10 MLP trained here; 359 held-out images",
         _build_digits, ("train_digits.py", "onnx_build.py", "digits.npz"),
     ),
     "ffn-768": ZooModel(
@@ -94,7 +94,7 @@ MODELS: dict[str, ZooModel] = {
     ),
     "digits-cnn": ZooModel(
         "digits-cnn", "8x8 digits CNN trained here: 3x3 convs 1-16-32, depthwise 3x3 stride 2, 1x1 conv to 64, "
-        "global average pool, fc 64-10; the digits-mlp split, 360 held-out images",
+        "global average pool, fc 64-10; the digits-mlp split, 359 held-out images",
         _build_cnn, ("train_cnn.py", "train_digits.py", "digits.npz"),
     ),
     "tiny-encoder": ZooModel(
