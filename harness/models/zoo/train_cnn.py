@@ -73,12 +73,13 @@ def _fold(cols: np.ndarray, spec: ConvSpec, shape: tuple[int, ...]) -> np.ndarra
 
 
 def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, spec: ConvSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(y [N, O, Ho, Wo], patches for the backward pass); ``w`` is ONNX's [O, I/groups, k, k]."""
+    """(y [N, O, Ho, Wo], patches for the backward pass); ``w`` is ONNX's [O, I/groups, k, k]. Grouped
+    convolutions are depthwise only (groups == in == out channels), the one kind the model has."""
     cols = _patches(x, spec)  # [N, C, kk, Ho, Wo]
+    ho, wo = cols.shape[-2:]
     if spec.groups == 1:
-        y = np.einsum("ok,nkp->nop", w.reshape(spec.c_out, -1), cols.reshape(len(x), -1, cols.shape[-2] * cols.shape[-1]),
-                      optimize=True)
-        y = y.reshape(len(x), spec.c_out, *cols.shape[-2:])
+        y = np.einsum("ok,nkp->nop", w.reshape(spec.c_out, -1), cols.reshape(len(x), -1, ho * wo), optimize=True)
+        y = y.reshape(len(x), spec.c_out, ho, wo)
     else:  # depthwise: one input channel per output channel
         y = np.einsum("ck,nckhw->nchw", w.reshape(spec.c_out, -1), cols, optimize=True)
     return y + b[None, :, None, None], cols
@@ -201,9 +202,10 @@ def cnn_onnx(params: dict[str, np.ndarray], name: str = "digits-cnn") -> "onnx.M
             group=spec.groups))
         cur = f"/{spec.name}/Relu_output_0"
         nodes.append(helper.make_node("Relu", [out], [cur], name=f"/{spec.name}/Relu"))
+    pooled = "/pool/GlobalAveragePool_output_0"
     nodes += [
-        helper.make_node("GlobalAveragePool", [cur], ["/pool/GlobalAveragePool_output_0"], name="/pool/GlobalAveragePool"),
-        helper.make_node("Flatten", ["/pool/GlobalAveragePool_output_0"], ["/Flatten_output_0"], name="/Flatten", axis=1),
+        helper.make_node("GlobalAveragePool", [cur], [pooled], name="/pool/GlobalAveragePool"),
+        helper.make_node("Flatten", [pooled], ["/Flatten_output_0"], name="/Flatten", axis=1),
         helper.make_node("Gemm", ["/Flatten_output_0", "fc.weight", "fc.bias"], ["y"], name="/fc/Gemm",
                          alpha=1.0, beta=1.0, transB=1),
     ]
