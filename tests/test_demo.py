@@ -1,4 +1,5 @@
-"""The README's demo, as a new user runs it (the quick sweep), checked against what the report must show."""
+"""The README's demo, as a new user runs it (the quick sweep: two MLPs, a CNN and an encoder block), checked against
+what the report must show."""
 
 import csv
 
@@ -30,5 +31,14 @@ def test_demo_quick_report(tmp_path):
     for r in ffn:
         assert r["max_abs_err"] != "" and r["accuracy"] == ""  # no labels: fidelity to dense instead
         assert float(r["latency_p50_ms"]) > 0
+
+    # the conv and attention models: every level, the CNN with its accuracy, the encoder block by fidelity
+    cnn = [r for r in rows if r["model"] == "digits-cnn"]
+    assert {float(r["sparsity_target"]) for r in cnn} == levels
+    assert all(r["accuracy"] != "" for r in cnn)
+    assert float(next(r for r in cnn if r["method"] == "dense")["accuracy"]) >= 0.95
+    encoder = [r for r in rows if r["model"] == "tiny-encoder"]
+    assert {float(r["sparsity_target"]) for r in encoder} == levels
+    assert all(r["max_abs_err"] != "" and r["accuracy"] == "" for r in encoder)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5

@@ -58,14 +58,49 @@ def _build_ffn(onnx_path: Path, eval_path: Path) -> None:
     np.savez(eval_path, x=rng.normal(0, 1, (64, d)).astype(np.float32))
 
 
+def _build_cnn(onnx_path: Path, eval_path: Path) -> None:
+    import onnx
+
+    from .train_cnn import cnn_onnx, train
+
+    params, _accuracy, (x_ev, y_ev) = train()
+    onnx.save(cnn_onnx(params, name="digits-cnn"), onnx_path)
+    np.savez(eval_path, x=x_ev, y=y_ev)
+
+
+ENCODER_SEED = 64
+ENCODER_EVAL_ROWS = 16  # random sequences: enough for a fidelity figure, few enough to run at batch 1 quickly
+
+
+def _build_encoder(onnx_path: Path, eval_path: Path) -> None:
+    """One transformer encoder block (d 64, 4 heads, FFN 256, 32 tokens), seeded random weights; no labels."""
+    import onnx
+
+    from .encoder_build import D_MODEL, SEQ, encoder_onnx, encoder_weights
+
+    rng = np.random.default_rng(ENCODER_SEED)
+    onnx.save(encoder_onnx(encoder_weights(rng), name="tiny-encoder"), onnx_path)
+    np.savez(eval_path, x=rng.normal(0, 1, (ENCODER_EVAL_ROWS, SEQ, D_MODEL)).astype(np.float32))
+
+
 MODELS: dict[str, ZooModel] = {
     "digits-mlp": ZooModel(
-        "digits-mlp", "8x8 handwritten digits classifier, 64-1024-1024-10 MLP trained here; 360 held-out images",
+        "digits-mlp", "8x8 handwritten digits classifier, 64-1024-1024-10 MLP trained here; 359 held-out images",
         _build_digits, ("train_digits.py", "onnx_build.py", "digits.npz"),
     ),
     "ffn-768": ZooModel(
         "ffn-768", "transformer feed-forward block 768-3072-768 (ReLU), seeded random weights, 64 random inputs",
         _build_ffn, ("onnx_build.py",),
+    ),
+    "digits-cnn": ZooModel(
+        "digits-cnn", "8x8 digits CNN trained here: 3x3 convs 1-16-32, depthwise 3x3 stride 2, 1x1 conv to 64, "
+        "global average pool, fc 64-10; the digits-mlp split, 359 held-out images",
+        _build_cnn, ("train_cnn.py", "train_digits.py", "digits.npz"),
+    ),
+    "tiny-encoder": ZooModel(
+        "tiny-encoder", "one transformer encoder block (32 tokens, d 64, 4 heads, GELU FFN 256, layer norms), "
+        "seeded random weights, 16 random inputs",
+        _build_encoder, ("encoder_build.py",),
     ),
 }
 
