@@ -84,7 +84,15 @@ class MeasureConfig:
     min_runs: int = 30
     min_s: float = 0.5
     max_runs: int = 100_000
-    max_cv: float = 0.10  # coefficient of variation (outliers excluded) above which a latency is INVALID
+    # the row's timing budget (min_runs, min_s) is split over `rounds` rounds, each with its own warm-up, the variants
+    # of one model and batch taking turns; a row whose median CI half-width or round spread is above its bound gets
+    # more rounds (up to max_rounds, for at most extend_s seconds per model and batch) before it is INVALID
+    rounds: int = 3
+    max_rounds: int = 9
+    max_ci: float = 0.03  # half-width of the median's 95 % CI, relative to the median
+    max_spread: float = 0.03  # half the range of the rounds' medians, relative to the median
+    extend_s: float = 30.0
+    max_cv: float = 0.10  # reported (``latency_cv``), no longer a gate: the CI and the round spread are
     max_outliers: float = 0.02  # fraction of outlier iterations (> max(Q3 + 3 IQR, 2 p50)) making it INVALID
     min_valid_runs: int = 10  # fewer timed iterations than this -> INVALID
     ref_rtol: float = 1e-4  # compiled outputs vs the reference evaluation of the same model, relative to max |ref|
@@ -338,7 +346,13 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
             raise HarnessError(f"[measure].{key} must be a non-negative number, got {value!r}")
     if "meter_command" in ms:
         ms = {**ms, "meter_command": tuple(ms["meter_command"])}
+    for key in ("rounds", "max_rounds"):
+        if key in ms and (not isinstance(ms[key], int) or ms[key] < 1):
+            raise HarnessError(f"[measure].{key} must be a whole number >= 1, got {ms[key]!r}")
     measure = MeasureConfig(**ms)
+    if measure.max_rounds < measure.rounds:
+        raise HarnessError(f"[measure].max_rounds ({measure.max_rounds}) is below rounds ({measure.rounds}); "
+                           "max_rounds caps the extension of an unsettled measurement, so make it >= rounds")
 
     compare = _parse_compare(data.get("compare", {}))
 

@@ -139,6 +139,11 @@ class LatencyStats:
     """95 % interval of the 99th percentile, lower end, ms (``None`` below ~300 samples)."""
     p99_ci_high_ms: float | None = field(default=None, metadata=_column("latency_p99_ci_high_ms"))
     """95 % interval of the 99th percentile, upper end, ms."""
+    round_p50_ms: tuple[float, ...] | None = field(default=None, metadata=_column("round_p50_ms"))
+    """Median of each timing round, ms, in the order taken (each round warmed up afresh)."""
+    round_spread: float | None = field(default=None, metadata=_column("round_spread"))
+    """Half the range of the rounds' medians relative to the pooled median (0.02 = within ±2 %): the main evidence
+    that the number reproduces; ``None`` with one round."""
 
     @property
     def p50_ci(self) -> tuple[float, float] | None:
@@ -434,6 +439,10 @@ class ResultRow:
     """p99's 95 % confidence interval, lower end, ms (empty with too few samples)."""
     latency_p99_ci_high_ms: float | None = None
     """p99's 95 % confidence interval, upper end, ms."""
+    round_p50_ms: tuple[float, ...] | None = None
+    """Median of each timing round, ms (schema 4)."""
+    round_spread: float | None = None
+    """Half the range of the round medians relative to the median (schema 4)."""
     latency_mean_ms: float | None = None
     """Mean latency, ms."""
     latency_std_ms: float | None = None
