@@ -270,6 +270,7 @@ class Benchmark:
         """The row of one measured job: statistics over all its rounds, quality against the dense variant and the
         reference, the verdict; stored."""
         from .measure import latency_stats, quality_figures, verdict
+        from .measure.stats import model_time
 
         m = self.cfg.measure
         overhead = {**(row.overhead or {}), **{f"{k}_s": v for k, v in dev.steps_s.items()}}
@@ -301,7 +302,7 @@ class Benchmark:
             row.with_latency(stats).with_energy(energy), warmup_runs=result["warmup_runs"],
             accuracy=quality.accuracy, top1_agreement=quality.top1_agreement, max_abs_err=quality.max_abs_err,
             ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
-            reasons=tuple(reasons), error=None,
+            reasons=tuple(reasons), error=None, **model_time(result.get("model_time_ms")),
         )
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row

@@ -443,6 +443,16 @@ class ResultRow:
     """Median of each timing round, ms (schema 4)."""
     round_spread: float | None = None
     """Half the range of the round medians relative to the median (schema 4)."""
+    model_time_p50_ms: float | None = None
+    """Model time by TVM's C++ timer (``time_evaluator``: repeats of >= 1 ms of back-to-back calls, ms per call),
+    median over the repeats; without the Python/FFI cost of one call that ``latency_*`` includes. ``None`` for a
+    peer runtime's row (schema 4)."""
+    model_time_ci_low_ms: float | None = None
+    """95 % order-statistic interval of that median, lower end, ms."""
+    model_time_ci_high_ms: float | None = None
+    """95 % interval of that median, upper end, ms."""
+    model_time_repeats: int | None = None
+    """Repeats the C++ timer took."""
     latency_mean_ms: float | None = None
     """Mean latency, ms."""
     latency_std_ms: float | None = None
@@ -551,6 +561,13 @@ class ResultRow:
         if self.latency_p50_ci_low_ms is None or self.latency_p50_ci_high_ms is None:
             return None
         return self.latency_p50_ci_low_ms, self.latency_p50_ci_high_ms
+
+    @property
+    def model_time_ci(self) -> tuple[float, float] | None:
+        """(low, high) of the C++ model time's 95 % interval, ms; ``None`` when unknown."""
+        if self.model_time_ci_low_ms is None or self.model_time_ci_high_ms is None:
+            return None
+        return self.model_time_ci_low_ms, self.model_time_ci_high_ms
 
     @property
     def latency(self) -> LatencyStats | None:

@@ -59,3 +59,13 @@ def latency_stats(samples_ns: list[int] | np.ndarray, round_p50_ns: list[float] 
         round_p50_ms=tuple(float(v) / 1e6 for v in round_p50_ns) if round_p50_ns else None,
         round_spread=round_spread([float(v) / 1e6 for v in round_p50_ns], float(p50)) if round_p50_ns else None,
     )
+
+
+def model_time(repeats_ms: list[float] | None) -> dict:
+    """ResultRow columns of the C++ timer's repeats (ms per call each): their median and its 95 % interval."""
+    if not repeats_ms:
+        return {}
+    ordered = np.sort(np.asarray(repeats_ms, dtype=np.float64))
+    ci = quantile_ci(ordered, 0.5) or (None, None)
+    return {"model_time_p50_ms": float(np.median(ordered)), "model_time_ci_low_ms": ci[0],
+            "model_time_ci_high_ms": ci[1], "model_time_repeats": int(ordered.size)}

@@ -76,9 +76,15 @@ def _results_section(groups: Sequence[Group]) -> list[str]:
             cells.append(f"<td{attrs}>{_e(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody></table>",
-            '<p class="note">Speedup vs dense = our dense build\'s p50 / variant p50 within the same model, batch '
+            '<p class="note">p50 = median latency of one call from Python (what an application calling from Python '
+            "sees), all timing rounds pooled, with its 95 % distribution-free interval; round spread = how far the "
+            "rounds' medians lie from it (the variants of a model took turns round by round); model ms = the same "
+            "model timed by TVM's C++ timer (repeats of at least 1 ms of back-to-back calls, no Python/FFI "
+            "overhead). Speedup vs dense = our dense build\'s p50 / variant p50 within the same model, batch "
             "and device; speedup vs best dense = the fastest dense runtime's p50 (our build or a peer runtime's, "
-            "named in brackets) / variant p50. n/a = not available (never zero). Latencies in ms.</p>"]
+            "named in brackets) / variant p50; intervals come from the two medians' intervals (both hold: at least "
+            "90 %), and 'no significant difference' marks one that contains 1. n/a = not available (never zero). "
+            "Latencies in ms.</p>"]
     out += _best_dense_section(groups)
     out.append("</section>")
     return out

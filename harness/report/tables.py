@@ -133,6 +133,18 @@ class Group:
             return None
         return ratio_ci(self.best_dense.p50_ci, row.p50_ci)
 
+    def speedup_model_time(self, row: ResultRow) -> float | None:
+        """Dense / this row's model time by TVM's C++ timer (ours only: peer runtimes have none)."""
+        base = None if self.baseline is None else as_float(self.baseline.model_time_p50_ms)
+        mine = as_float(row.model_time_p50_ms)
+        ok = base is not None and mine is not None and mine > 0 and row.verdict != "ERROR"
+        return base / mine if ok else None
+
+    def speedup_model_time_ci(self, row: ResultRow) -> tuple[float, float] | None:
+        if self.speedup_model_time(row) is None:
+            return None
+        return ratio_ci(self.baseline.model_time_ci, row.model_time_ci)
+
     def speedup_best(self, row: ResultRow) -> float | None:
         """Best dense p50 / this row's p50: below 1 the row is slower than a dense runtime the user can have,
         whatever its speedup vs our dense build."""
@@ -269,11 +281,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("sparsity_target", "sparsity target", _show(fmt.pct, lambda r: r.sparsity_target)),
     Column("sparsity_actual", "sparsity actual", _show(fmt.pct, lambda r: r.sparsity_actual)),
     Column("p50", "p50 ms [95 % CI]", lambda r, g: fmt.with_ci(r.latency_p50_ms, r.p50_ci)),
+    Column("model_time", "model ms, C++ timer [CI]", lambda r, g: fmt.with_ci(r.model_time_p50_ms, r.model_time_ci)),
     Column("p90", "p90 ms", _show(fmt.sig, lambda r: r.latency_p90_ms)),
     Column("p99", "p99 ms", _show(fmt.sig, lambda r: r.latency_p99_ms)),
     Column("cv", "CV", _show(fmt.pct, lambda r: r.latency_cv)),
     Column("speedup", "speedup vs dense [CI]", lambda r, g: fmt.speedup_ci(g.speedup(r), g.speedup_ci(r))),
     Column("speedup_best", "speedup vs best dense [CI]", _speedup_best),
+    Column("speedup_model", "speedup vs dense, model time [CI]",
+           lambda r, g: fmt.speedup_ci(g.speedup_model_time(r), g.speedup_model_time_ci(r))),
+    Column("spread", "round spread", _show(lambda v: f"±{fmt.pct(v)}" if as_float(v) is not None else fmt.NA,
+                                           lambda r: r.round_spread)),
     Column("quality", "accuracy / top-1", _quality),
     Column("accuracy", "accuracy", _show(lambda v: fmt.pct(v, 2), lambda r: r.accuracy)),
     Column("top1", "top-1 agreement", _show(lambda v: fmt.pct(v, 2), lambda r: r.top1_agreement)),
