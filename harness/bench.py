@@ -292,8 +292,11 @@ class Benchmark:
             dense = self.store.outputs(run_id, job.dense_key, self.device)
         reference, why_none = self.reference(job)
         quality = quality_figures(dev.outputs, labels=job.model.eval_y, dense=dense, reference=reference)
+        clocks = [f for r in result.get("rounds") or () for f in (r.get("freq_khz") or ())]
+        clock_range = (min(clocks), max(clocks)) if clocks else None
         status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, ref_rtol=m.ref_rtol,
-                                  max_ci=m.max_ci, max_spread=m.max_spread, min_rounds=m.rounds)
+                                  max_ci=m.max_ci, max_spread=m.max_spread, min_rounds=m.rounds,
+                                  clock_range_khz=clock_range, max_clock_change=m.max_clock_change)
         if why_none:
             reasons.append(f"reference evaluation failed: {why_none}")
         energy = EnergyRecord.from_json(result.get("energy")
@@ -302,7 +305,7 @@ class Benchmark:
             row.with_latency(stats).with_energy(energy), warmup_runs=result["warmup_runs"],
             accuracy=quality.accuracy, top1_agreement=quality.top1_agreement, max_abs_err=quality.max_abs_err,
             ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
-            reasons=tuple(reasons), error=None, **model_time(result.get("model_time_ms")),
+            reasons=tuple(reasons), error=None, clock_range_khz=clock_range, **model_time(result.get("model_time_ms")),
         )
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row

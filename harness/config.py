@@ -92,6 +92,10 @@ class MeasureConfig:
     max_ci: float = 0.03  # half-width of the median's 95 % CI, relative to the median
     max_spread: float = 0.03  # half the range of the rounds' medians, relative to the median
     extend_s: float = 30.0
+    # CPUs the runner is pinned to on the device, e.g. "2-3" or "0,2" (empty: wherever the OS puts it); the thread
+    # pools follow (one thread per CPU unless TVM_NUM_THREADS says otherwise)
+    cpus: tuple[int, ...] = ()
+    max_clock_change: float = 0.05  # a row whose CPU clocks moved more than this (max-min over max) is INVALID
     max_cv: float = 0.10  # reported (``latency_cv``), no longer a gate: the CI and the round spread are
     max_outliers: float = 0.02  # fraction of outlier iterations (> max(Q3 + 3 IQR, 2 p50)) making it INVALID
     min_valid_runs: int = 10  # fewer timed iterations than this -> INVALID
@@ -333,6 +337,9 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     fields = set(MeasureConfig.__dataclass_fields__)
     _check_keys(ms, fields, "[measure]")
     for key, value in ms.items():
+        if key == "cpus":
+            ms = {**ms, "cpus": parse_cpus(value)}
+            continue
         if key == "sensor_root":
             if not isinstance(value, str) or not value.startswith("/"):
                 raise HarnessError(f"[measure].sensor_root must be an absolute path on the device, got {value!r}")
@@ -387,6 +394,22 @@ def load_config(path: str | Path) -> RunConfig:
 
 # ---------------------------------------------------------------------------------------------------------------
 # device profiles
+
+
+def parse_cpus(value: Any) -> tuple[int, ...]:
+    """``"2-3"`` / ``"0,2,4-5"`` / ``[0, 2]`` -> the CPU numbers, sorted; one clear error otherwise."""
+    fix = 'give CPU numbers like "2-3", "0,2" or [0, 2]'
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return tuple(sorted(set(value)))
+    if not isinstance(value, str):
+        raise HarnessError(f"[measure].cpus: {value!r} is not a CPU list; {fix}")
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise HarnessError(f"[measure].cpus: {part!r} in {value!r} is not a CPU or a range; {fix}")
+        cpus.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return tuple(sorted(cpus))
 
 
 def known_targets() -> list[str]:

@@ -443,6 +443,9 @@ class ResultRow:
     """Median of each timing round, ms (schema 4)."""
     round_spread: float | None = None
     """Half the range of the round medians relative to the median (schema 4)."""
+    clock_range_khz: tuple[int, ...] | None = None
+    """Lowest and highest CPU clock read before and after every timing round, kHz (``None`` where the device has no
+    cpufreq, e.g. most VMs) (schema 4)."""
     model_time_p50_ms: float | None = None
     """Model time by TVM's C++ timer (``time_evaluator``: repeats of >= 1 ms of back-to-back calls, ms per call),
     median over the repeats; without the Python/FFI cost of one call that ``latency_*`` includes. ``None`` for a

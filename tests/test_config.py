@@ -74,3 +74,12 @@ def test_compare_peers_default_off_and_unknown():
         parse_config({**BASE, "compare": {"peers": "onnxruntime"}})
     with pytest.raises(HarnessError, match=r"\[compare\]: unknown key\(s\) peer"):
         parse_config({**BASE, "compare": {"peer": ["onnxruntime"]}})
+
+
+def test_measure_cpus_and_rounds_are_checked(tmp_path):
+    from harness.config import parse_cpus
+
+    assert parse_cpus("2-3") == (2, 3) and parse_cpus("0,2,4-5") == (0, 2, 4, 5) and parse_cpus([1, 0]) == (0, 1)
+    for bad in ("3-1", "a", 1.5, "1,,x"):
+        with pytest.raises(HarnessError, match=r"\[measure\].cpus: .* e.g.|\[measure\].cpus: .*give CPU numbers"):
+            parse_cpus(bad)

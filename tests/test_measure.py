@@ -101,3 +101,11 @@ def test_latency_stats_carry_the_intervals_and_speedup_ci_flags_no_difference():
     assert ratio_ci((2.0, 2.2), (1.0, 1.1)) == pytest.approx((2.0 / 1.1, 2.2))
     assert "no significant difference" in fmt.speedup_ci(1.01, ratio_ci((1.0, 1.05), (0.98, 1.02)))
     assert "no significant difference" not in fmt.speedup_ci(2.0, ratio_ci((2.0, 2.1), (0.98, 1.02)))
+
+
+def test_clocks_that_moved_make_the_row_invalid():
+    steady = latency_stats(np.random.default_rng(3).normal(1_000_000, 5_000, 1000))
+    q = quality_figures(np.ones((2, 2)), reference=np.ones((2, 2)))
+    assert verdict(steady, q, min_valid_runs=10, ref_rtol=1e-4, clock_range_khz=(2_390_000, 2_400_000))[0] == "VALID"
+    status, reasons = verdict(steady, q, min_valid_runs=10, ref_rtol=1e-4, clock_range_khz=(1_500_000, 2_400_000))
+    assert status == "INVALID" and "clocks moved during the rounds: 1500-2400 MHz" in reasons[0]

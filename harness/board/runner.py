@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from . import rounds
-from .meta import device_metadata, set_threads
+from .meta import cpu_freqs_khz, device_metadata, set_affinity, set_threads
 
 
 def tvm_device(tvm, device: str):
@@ -193,12 +193,14 @@ class _Entry:
         self.rounds = []
         self.phases_s = {"load": 0.0, "warmup": 0.0, "measure": 0.0, "energy": 0.0, "eval": 0.0}
 
-    def take_round(self, rules: dict) -> None:
+    def take_round(self, rules: dict, cpus=()) -> None:
         # a heartbeat on stderr: the host (and a test starting a competing load) sees which round runs now
         print(f"round {len(self.rounds) + 1} model {self.id}", file=sys.stderr, flush=True)
         start_ns = time.perf_counter_ns()
+        freqs = cpu_freqs_khz(cpus)
         try:
             got = _timed_round(self.model, self.fed, rules)
+            freqs += cpu_freqs_khz(cpus)  # before and after: a clock that moved during the round shows
         except Exception as err:  # this model fails; the others of the job carry on
             self.error = f"{type(err).__name__}: {err}"
             return
@@ -207,7 +209,8 @@ class _Entry:
         self.phases_s["measure"] += got["measure_s"]
         ordered = sorted(got["samples_ns"])
         self.rounds.append({"n": len(ordered), "p50_ns": rounds.median(ordered), "warmup_runs": got["warmup_runs"],
-                            "measure_s": got["measure_s"], "start_ns": start_ns})
+                            "measure_s": got["measure_s"], "start_ns": start_ns,
+                            "freq_khz": [min(freqs), max(freqs)] if freqs else None})
 
     def unsettled(self, job: dict) -> list:
         return rounds.unsettled(self.samples_ns, [r["p50_ns"] for r in self.rounds],
@@ -219,6 +222,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     ``max_rounds`` and ``extend_s``), then measure each one's energy and evaluate it on the evaluation set."""
     import numpy as np
 
+    cpus = set_affinity(job.get("cpus") or [])  # before any thread pool starts: the pools inherit it
     threads = set_threads(job.get("threads"))
     batch = int(job["batch"])
     inputs = load_inputs(job)
@@ -242,14 +246,14 @@ def run_job(job: dict, workdir: Path) -> dict:
     live = lambda: [e for e in entries if e.error is None]  # noqa: E731
     for _ in range(n_rounds):
         for entry in live():
-            entry.take_round(rules)
+            entry.take_round(rules, cpus)
     extend_until = time.perf_counter() + float(job.get("extend_s", 0.0))
     while time.perf_counter() < extend_until:
         todo = [e for e in live() if len(e.rounds) < job.get("max_rounds", n_rounds) and e.unsettled(job)]
         if not todo:
             break
         for entry in todo:
-            entry.take_round(rules)
+            entry.take_round(rules, cpus)
 
     # model time by TVM's C++ timer, where the engine has one (a peer runtime's rows leave it unavailable)
     for entry in live():
@@ -293,6 +297,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     return {
         "ok": True,
         "threads": threads,
+        "cpus": cpus,
         "models": results,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_after_load_mb": rss_after_load_mb,

@@ -84,7 +84,7 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
                        "warmup_s": measure.warmup_s, "min_runs": measure.min_runs, "min_s": measure.min_s,
                        "max_runs": measure.max_runs, "rounds": measure.rounds, "max_rounds": measure.max_rounds,
                        "max_ci": measure.max_ci, "max_spread": measure.max_spread, "extend_s": measure.extend_s,
-                       "energy": energy}
+                       "cpus": list(measure.cpus), "energy": energy}
                 (tmp / "job.json").write_text(json.dumps(job))
                 remote_job = transport.put(tmp / "job.json", workdir)
             timeout_s = measure.timeout_s * len(models)  # timeout_s is one variant's share
@@ -103,6 +103,8 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
                     error = f"run: {result.get('error', 'runner failed')}"
                     return runs
                 shared = {k: result.get(k) for k in ("threads", "peak_rss_mb", "rss_after_load_mb", "device_meta")}
+                if isinstance(shared["device_meta"], dict):  # where the runner ran: its CPU affinity
+                    shared["device_meta"] = {**shared["device_meta"], "affinity": result.get("cpus")}
                 for run, got in zip(runs, result["models"]):
                     run.result = {**got, **shared}
                     if not got.get("ok"):

@@ -13,13 +13,16 @@ from .stats import LatencyStats
 
 
 def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, ref_rtol: float, max_ci: float = 0.03,
-            max_spread: float = 0.03, min_rounds: int = 1) -> tuple[str, list[str]]:
+            max_spread: float = 0.03, min_rounds: int = 1, clock_range_khz: tuple[int, int] | None = None,
+            max_clock_change: float = 0.05) -> tuple[str, list[str]]:
     """(``"VALID"`` | ``"INVALID"``, reasons). Each reason names the bound that failed, by how much, and what to do.
 
     Args:
         max_ci: largest half-width of the median's 95 % interval, relative to the median.
         max_spread: largest half-range of the rounds' medians, relative to the pooled median.
         min_rounds: rounds the measurement needs for the spread to mean anything (``[measure].rounds``).
+        clock_range_khz: lowest and highest CPU clock seen around the rounds (``None``: not exposed).
+        max_clock_change: largest (high - low) / high of those clocks.
     """
     reasons = []
     if stats.n < min_valid_runs:
@@ -40,6 +43,13 @@ def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, ref_r
         reasons.append(f"rounds disagree: their medians ({p50s} ms) spread ±{stats.round_spread:.1%} > "
                        f"±{max_spread:.1%} (by {stats.round_spread / max_spread:.1f}x) after {rounds} rounds: load or "
                        "clocks changed during the run; close other load, pin clocks, and rerun")
+    if clock_range_khz and clock_range_khz[1] > 0:
+        low, high = clock_range_khz
+        change = (high - low) / high
+        if change > max_clock_change:
+            reasons.append(f"CPU clocks moved during the rounds: {low / 1e3:.0f}-{high / 1e3:.0f} MHz ({change:.0%} > "
+                           f"{max_clock_change:.0%}): throttling or a scaling governor; use the performance "
+                           "governor (the profile's prepare commands) and keep the board cool")
     if quality.ref_max_abs_err is None:
         reasons.append("no reference outputs to check the compiled model against")
     else:

@@ -97,6 +97,7 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE results ADD COLUMN latency_{q}_ci_{end}_ms REAL")
     conn.execute("ALTER TABLE results ADD COLUMN round_p50_ms_json TEXT")
     conn.execute("ALTER TABLE results ADD COLUMN round_spread REAL")
+    conn.execute("ALTER TABLE results ADD COLUMN clock_range_khz_json TEXT")
     for column, kind in (("model_time_p50_ms", "REAL"), ("model_time_ci_low_ms", "REAL"),
                          ("model_time_ci_high_ms", "REAL"), ("model_time_repeats", "INTEGER")):
         conn.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
