@@ -83,8 +83,8 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
     jobs = []
     for spec, model in zip(cfg.models, models):
         variants = [make_variant(model.name, model.path, None, 0.0, variant_dir)]
-        for method in sp.methods:
-            levels = sp.levels if method.fixed_level is None else (method.fixed_level,)
+        for method in spec.methods or sp.methods:
+            levels = (spec.levels or sp.levels) if method.fixed_level is None else (method.fixed_level,)
             for level in levels:
                 if level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,

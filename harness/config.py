@@ -73,6 +73,9 @@ class ModelSpec:
     shapes: tuple[tuple[str, tuple[int | str, ...]], ...] = ()
     # integer input name ("*": every integer input) -> V: made-up ids are drawn from [0, V) (no evaluation set only)
     vocab: tuple[tuple[str, int], ...] = ()
+    # this model's own sparsity levels and methods (None: [sparsify].levels / methods), e.g. a small CNN at [0, 0.5]
+    levels: tuple[float, ...] | None = None
+    methods: tuple[Method, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -257,13 +260,17 @@ def _parse_io(table: dict, where: str) -> dict:
 
 def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
-    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab"},
-                where)
+    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
+                        "levels", "methods"}, where)
     prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
     for key, value in prune.items():
         if not isinstance(value, bool):
             raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
     extra = {**prune, **_parse_io(table, where)}
+    if "levels" in table:
+        extra["levels"] = _parse_levels(table["levels"], f"{where}: levels")
+    if "methods" in table:
+        extra["methods"] = _parse_methods(table["methods"], f"{where}: methods")
     batches = table.get("batch", [1])
     if isinstance(batches, int):
         batches = [batches]
@@ -289,6 +296,21 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
         batches=tuple(batches),
         **extra,
     )
+
+
+def _parse_levels(value: Any, where: str) -> tuple[float, ...]:
+    """A non-empty list of sparsity levels in [0, 1), sorted, each once."""
+    if not isinstance(value, list) or not value:
+        raise HarnessError(f"{where} must be a non-empty list of sparsity levels, e.g. [0, 0.9], got {value!r}")
+    return tuple(sorted({check_sparsity(v, where) for v in value}))
+
+
+def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
+    """A list of pruning methods (``"unstructured"``, ``"block:16x1"``, ``"nm:2:4"``)."""
+    if not isinstance(value, list) or not value:
+        raise HarnessError(f"{where} must be a non-empty list, e.g. [\"unstructured\", \"block:16x1\"], "
+                           f"got {value!r}")
+    return tuple(parse_method(m) for m in value)
 
 
 def _parse_compare(table: Any) -> CompareConfig:
@@ -322,13 +344,9 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
 
     sp = data.get("sparsify", {})
     _check_keys(sp, {"levels", "methods", "prune_first", "prune_last"}, "[sparsify]")
-    levels = tuple(check_sparsity(v, "[sparsify].levels") for v in sp.get("levels", DEFAULT_LEVELS))
-    if not levels:
-        raise HarnessError("[sparsify].levels is empty; give at least one level, e.g. [0, 0.9]")
-    methods = tuple(parse_method(m) for m in sp.get("methods", ["unstructured", "block:16x1"]))
     sparsify = SparsifyConfig(
-        levels=tuple(sorted(set(levels))),
-        methods=methods,
+        levels=_parse_levels(sp.get("levels", list(DEFAULT_LEVELS)), "[sparsify].levels"),
+        methods=_parse_methods(sp.get("methods", ["unstructured", "block:16x1"]), "[sparsify].methods"),
         prune_first=bool(sp.get("prune_first", True)),
         prune_last=bool(sp.get("prune_last", False)),
     )
