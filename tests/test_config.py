@@ -97,7 +97,7 @@ methods = ["block:16x1"]
 [[models]]
 name = "ffn-768"
 """
-    import tomllib
+    from harness.config import tomllib  # tomli before Python 3.11
 
     cfg = parse_config(tomllib.loads(text), base=tmp_path)
     mine, default = cfg.models
