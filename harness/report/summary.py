@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..records import ResultRow
-from .tables import Group, best_dense_lines, columns, problem_rows, problems_of, row_context, verdict_counts
+from .tables import (Group, best_dense_lines, columns, headline, problem_rows, problems_of, row_context,
+                     verdict_counts)
 
 _MAX_MESSAGE = 400  # characters of an error shown in Markdown; the HTML report keeps the full text
 
@@ -50,6 +51,7 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
     meta = [f"{k} `{_cell(info[k])}`" for k in ("run_id", "created_at") if info.get(k) is not None]
     if meta:
         lines += [" · ".join(meta), ""]
+    lines += ["## What sparsity buys", "", *(f"- {_cell(headline(g))}" for g in groups), ""]
     lines += ["## Verdicts", "", *verdict_lines(rows), ""]
     if notes:
         lines += ["## Notes", "", *(f"- {_cell(n)}" for n in notes), ""]

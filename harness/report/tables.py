@@ -307,3 +307,39 @@ def columns(*names: str) -> list[Column]:
     """The named display columns, in the order given."""
     by_name = {c.name: c for c in COLUMNS}
     return [by_name[n] for n in names]
+
+
+# --- the headline ------------------------------------------------------------------------------------------------
+
+def _quality_text(row: ResultRow) -> str | None:
+    if as_float(row.accuracy) is not None:
+        return f"accuracy {fmt.pct(row.accuracy, 1)}"
+    if as_float(row.top1_agreement) is not None:
+        return f"top-1 agreement with dense {fmt.pct(row.top1_agreement, 1)}"
+    return None
+
+
+def headline(group: Group) -> str:
+    """One sentence answering "what does sparsity buy this model here": the fastest VALID sparse variant's speedup
+    vs our dense build with its interval, its accuracy next to dense's, and how it stands against the best dense
+    runtime when a peer is faster than our dense build."""
+    sparse = [r for r in group.measured() if not is_baseline(r) and r.verdict == "VALID" and group.speedup(r)]
+    if group.baseline is None or not sparse:
+        why = "no dense baseline was measured" if group.baseline is None else "no sparse variant was measured VALID"
+        return f"{group.title}: {why}; see the verdicts."
+    best = max(sparse, key=group.speedup)
+    value, ci = group.speedup(best), group.speedup_ci(best)
+    text = f"{group.title} — {short_label(best)}: "
+    if ci is not None and ci[0] <= 1.0 <= ci[1]:
+        text += f"no significant difference from dense ({fmt.speedup(value)} {fmt.interval(*ci, '×')})"
+    else:
+        text += f"{fmt.speedup(value)} {'faster' if value >= 1 else 'slower'} than dense"
+        text += f" {fmt.interval(*ci, '×')}" if ci else ""
+    mine, dense = _quality_text(best), _quality_text(group.baseline)
+    if mine:
+        text += f", {mine}" + (f" vs {dense.split(' ')[-1]} dense" if dense and best.accuracy is not None else "")
+    best_dense = group.best_dense
+    if best_dense is not None and best_dense is not group.baseline:
+        versus = group.speedup_best(best)
+        text += f"; {fmt.speedup(versus)} vs {best_dense.method}, the fastest dense runtime"
+    return text + "."
