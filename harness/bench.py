@@ -83,8 +83,8 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
     jobs = []
     for spec, model in zip(cfg.models, models):
         variants = [make_variant(model.name, model.path, None, 0.0, variant_dir)]
-        for method in sp.methods:
-            levels = sp.levels if method.fixed_level is None else (method.fixed_level,)
+        for method in spec.methods or sp.methods:
+            levels = (spec.levels or sp.levels) if method.fixed_level is None else (method.fixed_level,)
             for level in levels:
                 if level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
@@ -96,6 +96,18 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
             jobs.extend(Job(model, variants[0], batch, peer) for peer in peers)
             jobs.extend(Job(model, v, batch) for v in variants[1:])
     return jobs
+
+
+def _groups(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs cut into runs of one model and batch (as :func:`plan_jobs` orders them: dense, peers, sparse):
+    each group is measured together, its variants taking turns round by round."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        if groups and (groups[-1][0].variant.model, groups[-1][0].batch) == (job.variant.model, job.batch):
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
 
 
 def _pick(override: bool | None, default: bool) -> bool:
@@ -166,12 +178,12 @@ class Benchmark:
             selection = self.select([j for j in todo if not j.peer], transport)
             if self.progress:
                 self.progress.start(len(todo))
-            for job in todo:
-                row = self.run_one(run_id, job, transport, cache, selection)
-                counts["done"] += 1
-                counts["errors"] += row.verdict == "ERROR"
-                if self.progress:
-                    self.progress.advance(job.key, row)
+            for group in _groups(todo):
+                for job, row in zip(group, self.run_group(run_id, group, transport, cache, selection)):
+                    counts["done"] += 1
+                    counts["errors"] += row.verdict == "ERROR"
+                    if self.progress:
+                        self.progress.advance(job.key, row)
         return counts
 
     def drop_unavailable_peers(self, run_id: str, jobs: list[Job], peers: tuple[Peer, ...],
@@ -210,13 +222,42 @@ class Benchmark:
                                                                  else ""), file=sys.stderr)
         return selection
 
-    def run_one(self, run_id: str, job: Job, transport, cache, selection=None) -> ResultRow:
-        from .device.session import run_on_device
-        from .measure import latency_stats, quality_figures, verdict
+    def run_group(self, run_id: str, group: list[Job], transport, cache, selection=None) -> list[ResultRow]:
+        """Compile the variants of one model and batch, then measure them together on the device -- in rounds, the
+        variants taking turns, so drift in clocks or load hits them alike -- and store one row each. A variant that
+        does not compile is stored as its ERROR row at once; the others are measured."""
+        from .device.session import run_group_on_device
 
-        m = self.cfg.measure
-        # An ERROR row until measured: every early return below stores it with the stage's error.
-        row = ResultRow(
+        rows: dict[str, ResultRow] = {}
+        ready: list[tuple[Job, ResultRow, Path]] = []
+        for job in group:
+            row = self._new_row(run_id, job, transport)
+            if job.peer:
+                artifact = job.variant.onnx_path  # the peer runs the dense model as it is: nothing to compile
+            else:
+                row, artifact = self.compile(row, job, cache, selection)
+                if row.error:
+                    self.store.add_result(row)
+                    rows[job.key] = row
+                    continue
+            ready.append((job, row, artifact))
+        if ready:
+            first = ready[0][0]
+            if self.progress:
+                self.progress.step(f"run {first.variant.model}@b{first.batch}: {len(ready)} variant(s) in "
+                                   f"{self.cfg.measure.rounds} interleaved rounds")
+            devs = run_group_on_device(transport, models=[(artifact, job.peer) for job, _, artifact in ready],
+                                       inputs=first.model.eval_inputs, batch=first.batch, measure=self.cfg.measure,
+                                       python=self.python, label=f"{first.variant.model}@b{first.batch}")
+            outputs = {job.key: dev.outputs for (job, _, _), dev in zip(ready, devs)}
+            for (job, row, _), dev in zip(ready, devs):
+                rows[job.key] = self._finish(run_id, job, row, dev, outputs)
+        return [rows[job.key] for job in group]
+
+    def _new_row(self, run_id: str, job: Job, transport) -> ResultRow:
+        """The job's row before anything is measured: an ERROR row until measured, so every early store of it
+        carries its stage's error."""
+        return ResultRow(
             run_id=run_id, variant_key=job.key, device=self.device, model=job.variant.model,
             model_sha256=job.model.sha256, variant_sha256=job.variant.sha256, method=job.method,
             sparsity_target=job.variant.sparsity_target, sparsity_actual=job.variant.sparsity_actual,
@@ -224,17 +265,14 @@ class Benchmark:
             target_json=self.profile.tvm_target, transport=transport.name, energy_status=ENERGY_NOT_MEASURED,
             verdict="ERROR",
         )
-        if job.peer:
-            artifact = job.variant.onnx_path  # the peer runs the dense model as it is: nothing to compile
-        else:
-            row, artifact = self.compile(row, job, cache, selection)
-            if row.error:
-                self.store.add_result(row)
-                return row
-        if self.progress:
-            self.progress.step(f"run {job.key}")
-        dev = run_on_device(transport, artifact=artifact, inputs=job.model.eval_inputs, batch=job.batch,
-                            measure=m, python=self.python, label=job.key, peer=job.peer)
+
+    def _finish(self, run_id: str, job: Job, row: ResultRow, dev, outputs: dict) -> ResultRow:
+        """The row of one measured job: statistics over all its rounds, quality against the dense variant and the
+        reference, the verdict; stored."""
+        from .measure import latency_stats, quality_figures, verdict
+        from .measure.stats import model_time
+
+        m = self.cfg.measure
         overhead = {**(row.overhead or {}), **{f"{k}_s": v for k, v in dev.steps_s.items()}}
         if dev.result:
             overhead.update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
@@ -247,13 +285,18 @@ class Benchmark:
             return row
 
         result = dev.result
-        stats = latency_stats(result["latencies_ns"])
-        # sparse rows compare with the dense row of the same run, even one measured before a --resume
-        dense = dev.outputs if job.key == job.dense_key else self.store.outputs(run_id, job.dense_key, self.device)
+        stats = latency_stats(result["latencies_ns"], [r["p50_ns"] for r in result.get("rounds") or ()])
+        # sparse rows compare with the dense row of the same run (this group's, or one stored before a --resume)
+        dense = outputs.get(job.dense_key)
+        if dense is None:
+            dense = self.store.outputs(run_id, job.dense_key, self.device)
         reference, why_none = self.reference(job)
         quality = quality_figures(dev.outputs, labels=job.model.eval_y, dense=dense, reference=reference)
-        status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, max_cv=m.max_cv,
-                                  ref_rtol=m.ref_rtol, max_outliers=m.max_outliers)
+        clocks = [f for r in result.get("rounds") or () for f in (r.get("freq_khz") or ())]
+        clock_range = (min(clocks), max(clocks)) if clocks else None
+        status, reasons = verdict(stats, quality, min_valid_runs=m.min_valid_runs, ref_rtol=m.ref_rtol,
+                                  max_ci=m.max_ci, max_spread=m.max_spread, min_rounds=m.rounds,
+                                  clock_range_khz=clock_range, max_clock_change=m.max_clock_change)
         if why_none:
             reasons.append(f"reference evaluation failed: {why_none}")
         energy = EnergyRecord.from_json(result.get("energy")
@@ -262,7 +305,7 @@ class Benchmark:
             row.with_latency(stats).with_energy(energy), warmup_runs=result["warmup_runs"],
             accuracy=quality.accuracy, top1_agreement=quality.top1_agreement, max_abs_err=quality.max_abs_err,
             ref_max_abs_err=quality.ref_max_abs_err, peak_rss_mb=result["peak_rss_mb"], verdict=status,
-            reasons=tuple(reasons), error=None,
+            reasons=tuple(reasons), error=None, clock_range_khz=clock_range, **model_time(result.get("model_time_ms")),
         )
         self.store.add_result(row, samples_ns=result["latencies_ns"], outputs=dev.outputs)
         return row

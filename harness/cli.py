@@ -224,10 +224,14 @@ def cmd_kernels(args) -> int:
     from .config import load_target
 
     ensure_writable_dir(args.json.parent, "output directory")
+    from .kernelbench.plot import plot_roofline
+
     doc = kernel_suite(QUICK if args.quick else FULL, load_target("local").tvm_target)
     write_json(doc, args.json)
+    figure = plot_roofline(doc, args.json.with_name(args.json.stem + "-roofline.png"))
     print(format_table(doc))
-    print(f"{len(doc['records'])} records -> {args.json}", file=sys.stderr)
+    print(f"{len(doc['records'])} records -> {args.json}" + (f"; roofline plot -> {figure}" if figure else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -73,6 +73,9 @@ class ModelSpec:
     shapes: tuple[tuple[str, tuple[int | str, ...]], ...] = ()
     # integer input name ("*": every integer input) -> V: made-up ids are drawn from [0, V) (no evaluation set only)
     vocab: tuple[tuple[str, int], ...] = ()
+    # this model's own sparsity levels and methods (None: [sparsify].levels / methods), e.g. a small CNN at [0, 0.5]
+    levels: tuple[float, ...] | None = None
+    methods: tuple[Method, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,19 @@ class MeasureConfig:
     min_runs: int = 30
     min_s: float = 0.5
     max_runs: int = 100_000
-    max_cv: float = 0.10  # coefficient of variation (outliers excluded) above which a latency is INVALID
+    # the row's timing budget (min_runs, min_s) is split over `rounds` rounds, each with its own warm-up, the variants
+    # of one model and batch taking turns; a row whose median CI half-width or round spread is above its bound gets
+    # more rounds (up to max_rounds, for at most extend_s seconds per model and batch) before it is INVALID
+    rounds: int = 3
+    max_rounds: int = 9
+    max_ci: float = 0.03  # half-width of the median's 95 % CI, relative to the median
+    max_spread: float = 0.03  # half the range of the rounds' medians, relative to the median
+    extend_s: float = 30.0
+    # CPUs the runner is pinned to on the device, e.g. "2-3" or "0,2" (empty: wherever the OS puts it); the thread
+    # pools follow (one thread per CPU unless TVM_NUM_THREADS says otherwise)
+    cpus: tuple[int, ...] = ()
+    max_clock_change: float = 0.05  # a row whose CPU clocks moved more than this (max-min over max) is INVALID
+    max_cv: float = 0.10  # reported (``latency_cv``), no longer a gate: the CI and the round spread are
     max_outliers: float = 0.02  # fraction of outlier iterations (> max(Q3 + 3 IQR, 2 p50)) making it INVALID
     min_valid_runs: int = 10  # fewer timed iterations than this -> INVALID
     ref_rtol: float = 1e-4  # compiled outputs vs the reference evaluation of the same model, relative to max |ref|
@@ -245,13 +260,17 @@ def _parse_io(table: dict, where: str) -> dict:
 
 def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
-    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab"},
-                where)
+    _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
+                        "levels", "methods"}, where)
     prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
     for key, value in prune.items():
         if not isinstance(value, bool):
             raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
     extra = {**prune, **_parse_io(table, where)}
+    if "levels" in table:
+        extra["levels"] = _parse_levels(table["levels"], f"{where}: levels")
+    if "methods" in table:
+        extra["methods"] = _parse_methods(table["methods"], f"{where}: methods")
     batches = table.get("batch", [1])
     if isinstance(batches, int):
         batches = [batches]
@@ -277,6 +296,21 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
         batches=tuple(batches),
         **extra,
     )
+
+
+def _parse_levels(value: Any, where: str) -> tuple[float, ...]:
+    """A non-empty list of sparsity levels in [0, 1), sorted, each once."""
+    if not isinstance(value, list) or not value:
+        raise HarnessError(f"{where} must be a non-empty list of sparsity levels, e.g. [0, 0.9], got {value!r}")
+    return tuple(sorted({check_sparsity(v, where) for v in value}))
+
+
+def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
+    """A list of pruning methods (``"unstructured"``, ``"block:16x1"``, ``"nm:2:4"``)."""
+    if not isinstance(value, list) or not value:
+        raise HarnessError(f"{where} must be a non-empty list, e.g. [\"unstructured\", \"block:16x1\"], "
+                           f"got {value!r}")
+    return tuple(parse_method(m) for m in value)
 
 
 def _parse_compare(table: Any) -> CompareConfig:
@@ -310,13 +344,9 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
 
     sp = data.get("sparsify", {})
     _check_keys(sp, {"levels", "methods", "prune_first", "prune_last"}, "[sparsify]")
-    levels = tuple(check_sparsity(v, "[sparsify].levels") for v in sp.get("levels", DEFAULT_LEVELS))
-    if not levels:
-        raise HarnessError("[sparsify].levels is empty; give at least one level, e.g. [0, 0.9]")
-    methods = tuple(parse_method(m) for m in sp.get("methods", ["unstructured", "block:16x1"]))
     sparsify = SparsifyConfig(
-        levels=tuple(sorted(set(levels))),
-        methods=methods,
+        levels=_parse_levels(sp.get("levels", list(DEFAULT_LEVELS)), "[sparsify].levels"),
+        methods=_parse_methods(sp.get("methods", ["unstructured", "block:16x1"]), "[sparsify].methods"),
         prune_first=bool(sp.get("prune_first", True)),
         prune_last=bool(sp.get("prune_last", False)),
     )
@@ -325,6 +355,9 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     fields = set(MeasureConfig.__dataclass_fields__)
     _check_keys(ms, fields, "[measure]")
     for key, value in ms.items():
+        if key == "cpus":
+            ms = {**ms, "cpus": parse_cpus(value)}
+            continue
         if key == "sensor_root":
             if not isinstance(value, str) or not value.startswith("/"):
                 raise HarnessError(f"[measure].sensor_root must be an absolute path on the device, got {value!r}")
@@ -338,7 +371,13 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
             raise HarnessError(f"[measure].{key} must be a non-negative number, got {value!r}")
     if "meter_command" in ms:
         ms = {**ms, "meter_command": tuple(ms["meter_command"])}
+    for key in ("rounds", "max_rounds"):
+        if key in ms and (not isinstance(ms[key], int) or ms[key] < 1):
+            raise HarnessError(f"[measure].{key} must be a whole number >= 1, got {ms[key]!r}")
     measure = MeasureConfig(**ms)
+    if measure.max_rounds < measure.rounds:
+        raise HarnessError(f"[measure].max_rounds ({measure.max_rounds}) is below rounds ({measure.rounds}); "
+                           "max_rounds caps the extension of an unsettled measurement, so make it >= rounds")
 
     compare = _parse_compare(data.get("compare", {}))
 
@@ -373,6 +412,22 @@ def load_config(path: str | Path) -> RunConfig:
 
 # ---------------------------------------------------------------------------------------------------------------
 # device profiles
+
+
+def parse_cpus(value: Any) -> tuple[int, ...]:
+    """``"2-3"`` / ``"0,2,4-5"`` / ``[0, 2]`` -> the CPU numbers, sorted; one clear error otherwise."""
+    fix = 'give CPU numbers like "2-3", "0,2" or [0, 2]'
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return tuple(sorted(set(value)))
+    if not isinstance(value, str):
+        raise HarnessError(f"[measure].cpus: {value!r} is not a CPU list; {fix}")
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise HarnessError(f"[measure].cpus: {part!r} in {value!r} is not a CPU or a range; {fix}")
+        cpus.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return tuple(sorted(cpus))
 
 
 def known_targets() -> list[str]:

@@ -139,6 +139,11 @@ class LatencyStats:
     """95 % interval of the 99th percentile, lower end, ms (``None`` below ~300 samples)."""
     p99_ci_high_ms: float | None = field(default=None, metadata=_column("latency_p99_ci_high_ms"))
     """95 % interval of the 99th percentile, upper end, ms."""
+    round_p50_ms: tuple[float, ...] | None = field(default=None, metadata=_column("round_p50_ms"))
+    """Median of each timing round, ms, in the order taken (each round warmed up afresh)."""
+    round_spread: float | None = field(default=None, metadata=_column("round_spread"))
+    """Half the range of the rounds' medians relative to the pooled median (0.02 = within ±2 %): the main evidence
+    that the number reproduces; ``None`` with one round."""
 
     @property
     def p50_ci(self) -> tuple[float, float] | None:
@@ -434,6 +439,23 @@ class ResultRow:
     """p99's 95 % confidence interval, lower end, ms (empty with too few samples)."""
     latency_p99_ci_high_ms: float | None = None
     """p99's 95 % confidence interval, upper end, ms."""
+    round_p50_ms: tuple[float, ...] | None = None
+    """Median of each timing round, ms (schema 4)."""
+    round_spread: float | None = None
+    """Half the range of the round medians relative to the median (schema 4)."""
+    clock_range_khz: tuple[int, ...] | None = None
+    """Lowest and highest CPU clock read before and after every timing round, kHz (``None`` where the device has no
+    cpufreq, e.g. most VMs) (schema 4)."""
+    model_time_p50_ms: float | None = None
+    """Model time by TVM's C++ timer (``time_evaluator``: repeats of >= 1 ms of back-to-back calls, ms per call),
+    median over the repeats; without the Python/FFI cost of one call that ``latency_*`` includes. ``None`` for a
+    peer runtime's row (schema 4)."""
+    model_time_ci_low_ms: float | None = None
+    """95 % order-statistic interval of that median, lower end, ms."""
+    model_time_ci_high_ms: float | None = None
+    """95 % interval of that median, upper end, ms."""
+    model_time_repeats: int | None = None
+    """Repeats the C++ timer took."""
     latency_mean_ms: float | None = None
     """Mean latency, ms."""
     latency_std_ms: float | None = None
@@ -542,6 +564,13 @@ class ResultRow:
         if self.latency_p50_ci_low_ms is None or self.latency_p50_ci_high_ms is None:
             return None
         return self.latency_p50_ci_low_ms, self.latency_p50_ci_high_ms
+
+    @property
+    def model_time_ci(self) -> tuple[float, float] | None:
+        """(low, high) of the C++ model time's 95 % interval, ms; ``None`` when unknown."""
+        if self.model_time_ci_low_ms is None or self.model_time_ci_high_ms is None:
+            return None
+        return self.model_time_ci_low_ms, self.model_time_ci_high_ms
 
     @property
     def latency(self) -> LatencyStats | None:

@@ -87,7 +87,9 @@ warmup_runs = 2
 warmup_s = 0.01
 min_runs = {min_runs}
 min_s = {min_s}
-max_cv = 10.0
+max_ci = 10.0
+max_spread = 10.0
+extend_s = 0.0
 {extra}
 [[models]]
 name = "{name}"

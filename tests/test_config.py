@@ -74,3 +74,34 @@ def test_compare_peers_default_off_and_unknown():
         parse_config({**BASE, "compare": {"peers": "onnxruntime"}})
     with pytest.raises(HarnessError, match=r"\[compare\]: unknown key\(s\) peer"):
         parse_config({**BASE, "compare": {"peer": ["onnxruntime"]}})
+
+
+def test_measure_cpus_and_rounds_are_checked(tmp_path):
+    from harness.config import parse_cpus
+
+    assert parse_cpus("2-3") == (2, 3) and parse_cpus("0,2,4-5") == (0, 2, 4, 5) and parse_cpus([1, 0]) == (0, 1)
+    for bad in ("3-1", "a", 1.5, "1,,x"):
+        with pytest.raises(HarnessError, match=r"\[measure\].cpus: .* e.g.|\[measure\].cpus: .*give CPU numbers"):
+            parse_cpus(bad)
+
+
+def test_a_model_may_have_its_own_levels_and_methods(tmp_path):
+    text = """
+[sparsify]
+levels = [0, 0.5, 0.9]
+methods = ["unstructured"]
+[[models]]
+name = "digits-mlp"
+levels = [0, 0.9]
+methods = ["block:16x1"]
+[[models]]
+name = "ffn-768"
+"""
+    from harness.config import tomllib  # tomli before Python 3.11
+
+    cfg = parse_config(tomllib.loads(text), base=tmp_path)
+    mine, default = cfg.models
+    assert mine.levels == (0.0, 0.9) and [m.name for m in mine.methods] == ["block"]
+    assert default.levels is None and default.methods is None
+    with pytest.raises(HarnessError, match=r"models\[0\] \(digits-mlp\): levels must be a non-empty list"):
+        parse_config(tomllib.loads(text.replace("levels = [0, 0.9]", "levels = 0.9")), base=tmp_path)

@@ -150,7 +150,9 @@ warmup_runs = 1
 warmup_s = 0.0
 min_runs = 5
 min_s = 0.0
-max_cv = 10.0
+max_ci = 10.0
+max_spread = 10.0
+extend_s = 0.0
 energy_idle_s = 0.0
 energy_window_s = 0.0
 [[models]]

@@ -54,6 +54,11 @@ def test_pipeline_end_to_end(small_model, tmp_path):
     assert meta["tvm_runtime_only"] is True and meta["cpu_count"] >= 1 and meta["python"]
     assert [l["pruned"] for l in layers] == [True, True, False]  # prune_last defaults to false
     assert ref_err < 1e-3  # the compiled sparse model computes its own pruned weights
+    # issue 10: three interleaved rounds per row, the median's interval, the C++ timer's model time
+    for rounds, spread, lo, p50, hi, model_ms in conn.execute(
+            "SELECT round_p50_ms_json, round_spread, latency_p50_ci_low_ms, latency_p50_ms, latency_p50_ci_high_ms, "
+            "model_time_p50_ms FROM results"):
+        assert len(json.loads(rounds)) >= 3 and spread >= 0 and lo <= p50 <= hi and 0 < model_ms
 
     # a second identical run reuses the cached artifacts; results/report commands read the store
     proc = sparsebench("results", "--db", str(db))

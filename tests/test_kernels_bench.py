@@ -21,14 +21,19 @@ from harness.kernelbench import (  # noqa: E402
     kernel_suite,
     write_json,
 )
-from harness.kernelbench.bandwidth import roofline  # noqa: E402
+from harness.kernelbench.bandwidth import bandwidth_at, curve_sizes, read_roofline  # noqa: E402
 from harness.kernelbench.timer import Clock, Timing  # noqa: E402
 
 TINY = Plan(shapes=((64, 48),), batches=(1, 4), sparsities=(0.5, 0.9), blocks=((16, 1), (1, 1), (4, 4)),
                   nm=(2, 4), min_runs=3, max_runs=3, budget_s=0.0, slow_min_runs=2, warmup=1, settle_s=0.0,
                   attempts=1, passes=2)
 BANDWIDTH = {"llc_bytes": 32 << 20, "cache_buffer_bytes": 4 << 20, "dram_buffer_bytes": 128 << 20,
-             "cache_gbs": 80.0, "dram_gbs": 20.0}
+             "cache_gbs": 80.0, "dram_gbs": 20.0,
+             # a fast made-up curve (the tiny kernels' times are real): every fraction stays below 1
+             "read_curve": [{"bytes": 16 << 10, "gbs": 20000.0, "threads": 1},
+                            {"bytes": 1 << 30, "gbs": 2000.0, "threads": 2}]}
+CURVE = [{"bytes": 16 << 10, "gbs": 200.0, "threads": 1}, {"bytes": 1 << 20, "gbs": 100.0, "threads": 2},
+         {"bytes": 1 << 30, "gbs": 20.0, "threads": 2}]
 KEYS = {"shape", "batch", "sparsity", "format", "block", "impl", "median_us", "p90_us", "n", "roofline_fraction"}
 
 
@@ -62,17 +67,42 @@ def test_table_and_checks(doc):
     assert all(isinstance(c["ok"], bool) for c in issue_checks(doc))
 
 
+def test_roofline_plot(doc, tmp_path):
+    from harness.kernelbench.plot import plot_roofline
+
+    path = plot_roofline(doc, tmp_path / "roofline.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_json_round_trip(doc, tmp_path):
     path = write_json(doc, tmp_path / "k" / "kernels.json")
     loaded = json.loads(path.read_text())
     assert loaded["format"] == SUITE_FORMAT and len(loaded["records"]) == len(doc["records"])
 
 
-def test_roofline_picks_the_level_the_bytes_fit_in():
+def test_roofline_uses_the_read_curve_at_the_working_set_size_and_never_exceeds_one():
+    assert bandwidth_at(CURVE, 1 << 20) == 100.0 and bandwidth_at(CURVE, 8 << 10) == 200.0
+    assert bandwidth_at(CURVE, 2 << 30) == 20.0 and 100.0 > bandwidth_at(CURVE, 32 << 20) > 20.0
+    assert bandwidth_at(CURVE, 128 << 10) == pytest.approx(150.0)  # log-linear: half way in log size
     timing = Timing(median_us=10.0, p90_us=11.0, n=20)
-    fraction, level = roofline(400_000, timing, BANDWIDTH)  # 400 kB at 80 GB/s = 5 µs
-    assert level == "cache" and fraction == pytest.approx(0.5)
-    assert roofline(64 << 20, timing, BANDWIDTH)[1] == "dram"
+    roof = read_roofline(500_000, timing, CURVE)  # 0.5 MB at ~110 GB/s = ~4.5 µs of 10
+    assert 0.4 < roof["roofline_fraction"] < 0.5 and roof["working_set_bytes"] == 500_000
+    fast = read_roofline(500_000, Timing(median_us=1.0, p90_us=1.1, n=20), CURVE)  # 500 GB/s: faster than the probe
+    assert fast["roofline_fraction"] is None and "the bandwidth probe is wrong" in fast["roofline_error"]
+    sizes = curve_sizes(quick=False)
+    assert sizes[0] == 16 << 10 and sizes[-1] == 1 << 30 and sizes == sorted(sizes)
+
+
+def test_read_probe_measures_a_falling_curve():
+    """The compiled read kernel: an L1-sized buffer reads faster than one far past the caches."""
+    from schedules.build import default_target
+
+    from harness.kernelbench.bandwidth import measure_read_curve
+
+    curve = measure_read_curve(default_target(), 1, quick=True)
+    small, big = curve[0], curve[-1]
+    assert small["bytes"] == 16 << 10 and big["bytes"] == 256 << 20
+    assert small["gbs"] > 2 * big["gbs"] > 0
 
 
 def test_noisy_measurements_are_retried():

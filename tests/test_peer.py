@@ -47,7 +47,7 @@ def test_peer_row_measured_checked_and_reported(small_model, tmp_path):
         assert peer["top1_agreement"] == 1.0 and peer["accuracy"] == 1.0 and peer["max_abs_err"] < 1e-4
         assert not any("reference" in r for r in json.loads(peer["reasons_json"])), peer["reasons_json"]
         meta = json.loads(peer["device_meta_json"])
-        assert meta["onnxruntime"] and json.loads(dense["device_meta_json"])["onnxruntime"] is None
+        assert meta["onnxruntime"]  # the runner that timed it (with our builds, in interleaved rounds) had it loaded
         overhead = json.loads(peer["overhead_json"])
         assert overhead["device_measure_s"] > 0 and "compile_cached" not in overhead
 

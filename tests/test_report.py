@@ -242,3 +242,22 @@ def test_pruning_names_the_onnx_operator(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     variant = make_variant("m", tmp_path / "m.onnx", None, 0.0, tmp_path / "v")
     assert [layer.node_op for layer in variant.layers] == ["Conv 3×3 /2", "Conv 3×3 depthwise"]
+
+
+def test_headline_leads_with_the_answer_and_its_interval(tmp_path):
+    from harness.report.tables import group_rows, headline
+
+    rows = [replace(make_row("mlp", "dense", 0.0, p50=10.0, accuracy=0.986), latency_p50_ci_low_ms=9.9,
+                    latency_p50_ci_high_ms=10.1),
+            replace(make_row("mlp", "block", 0.9, block="16x1", p50=1.0, accuracy=0.21), latency_p50_ci_low_ms=0.98,
+                    latency_p50_ci_high_ms=1.02),
+            replace(make_row("mlp", "unstructured", 0.5, p50=9.9, accuracy=0.9), latency_p50_ci_low_ms=9.5,
+                    latency_p50_ci_high_ms=10.3)]
+    text = headline(group_rows(rows)[0])
+    assert "block 16x1 90%: 10.0× faster than dense [9.71–10.3×]" in text and "accuracy 21.0% vs 98.6% dense" in text
+    only_close = headline(group_rows([rows[0], rows[2]])[0])
+    assert "no significant difference from dense" in only_close
+    paths = write_report(rows, tmp_path, samples=samples_for(rows), run_info={"run_id": "run-1"})
+    html = Path(paths["html"]).read_text()
+    assert html.index('id="headline"') < html.index('id="verdicts"') < html.index('id="results"')
+    assert '<div class="scroll"><table class="results">' in html

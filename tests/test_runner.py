@@ -61,16 +61,17 @@ def test_upload_board_and_board_command(tmp_path):
     assert root == os.path.join(workdir, PACKAGE)
     assert sorted(str(p.relative_to(root)) for p in (tmp_path / workdir / PACKAGE).rglob("*.py")) == sorted(SHIPPED)
     assert board_command("python3", "runner", "job.json") == ["python3", "-m", f"{PACKAGE}.runner", "job.json"]
-    with pytest.raises(ValueError, match="unknown board module 'sensors'; known: meta, probe, runner, timer"):
+    with pytest.raises(ValueError, match="unknown board module 'sensors'; known: meta, probe, rounds, runner, timer"):
         board_command("python3", "sensors")
 
 
 def test_runner_reports_failure_as_data(tmp_path):
-    """A job whose artifact is missing comes back as ok=false with the error, plus device metadata."""
+    """A job whose artifact is missing comes back as that model's ok=false with the error, plus device metadata."""
     upload_board(LocalTransport(), str(tmp_path))
     np.savez(tmp_path / "x.npz", np.zeros((2, 4), np.float32))
-    job = {"artifact": str(tmp_path / "missing.so"), "eval_inputs": str(tmp_path / "x.npz"), "input_names": ["x"],
-           "batch": 1, "warmup_runs": 1, "warmup_s": 0, "min_runs": 1, "min_s": 0, "max_runs": 10}
+    job = {"models": [{"artifact": str(tmp_path / "missing.so")}], "eval_inputs": str(tmp_path / "x.npz"),
+           "input_names": ["x"], "batch": 1, "warmup_runs": 1, "warmup_s": 0, "min_runs": 1, "min_s": 0,
+           "max_runs": 10}
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
     env.pop("PYTHONPATH", None)  # the shipped package is found in the work directory, as on a board
@@ -78,5 +79,5 @@ def test_runner_reports_failure_as_data(tmp_path):
                           text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1, proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["ok"] is False and "missing.so" in result["error"]
+    assert result["models"][0]["ok"] is False and "missing.so" in result["models"][0]["error"]
     assert result["device_meta"]["tvm_runtime_only"] is True and result["device_meta"]["cpu_count"] >= 1

@@ -366,7 +366,7 @@ def test_remote_disk_full_during_upload(sshd, local_run, tmp_path, full_disk):
     failed = results(db, run_id)
     assert len(failed) == 5 and all(r["verdict"] == "ERROR" for r in failed)
     for r in failed:
-        assert r["error"].startswith(f"upload: device {sshd.label}: writing model.so"), r["error"]
+        assert r["error"].startswith(f"upload: device {sshd.label}: writing model"), r["error"]
     assert "5 error rows" in proc.stderr
     assert [r for r in results(db) if r["run_id"] != run_id] == before
 

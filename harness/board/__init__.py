@@ -6,7 +6,9 @@ the package :data:`PACKAGE` and run with ``python -m sparsebench_board.<module> 
 (``tvm``, ``tvm.runtime``, ``tvm.runtime.vm``), and its own siblings by relative import -- never the host package.
 Syntax stays Python 3.8 (JetPack 5's Python runs the sensors and the probe). A test enforces all of this.
 
-- ``runner``: load one compiled model, time it, evaluate it, measure its energy (``python -m ....runner JOB``)
+- ``runner``: load the compiled variants of one model and batch, time them in interleaved rounds, evaluate them,
+  measure their energy (``python -m ....runner JOB``)
+- ``rounds``: the statistics that decide when a measurement is settled (median CI, round spread)
 - ``timer``: time single kernels of a library, for the kernel-selection step (``python -m ....timer JOB``)
 - ``probe``: what the device has, for ``sparsebench doctor`` (standard library only)
 - ``meta``: device metadata, the timing fingerprint, the thread setting
@@ -22,6 +24,7 @@ SHIPPED = (
     "__init__.py",
     "meta.py",
     "probe.py",
+    "rounds.py",
     "runner.py",
     "timer.py",
     "sensors/__init__.py",

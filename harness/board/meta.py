@@ -38,6 +38,23 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def set_affinity(cpus) -> list:
+    """Pin this process (and the threads it starts later: TVM's pool, onnxruntime's) to ``cpus``; returns the CPUs
+    it may run on afterwards (all of them when ``cpus`` is empty, or where the OS has no affinity call)."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(int(c) for c in cpus))
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpu_freqs_khz(cpus) -> list:
+    """Current clock of each of ``cpus`` in kHz (``scaling_cur_freq``), the ones the device exposes; [] without
+    cpufreq (most VMs)."""
+    freqs = (_int(_read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq")) for c in cpus)
+    return [f for f in freqs if f]
+
+
 def set_threads(threads: int | None) -> int:
     """Fix TVM's thread pool size before TVM starts it (it cannot grow afterwards).
 

@@ -1,17 +1,22 @@
-"""sparsebench device-side runner: load one compiled model, time it, evaluate it, describe the device.
+"""sparsebench device-side runner: load the compiled variants of one model and batch, time them in interleaved
+rounds, evaluate them, describe the device.
 
 Part of the board package: runs on boards with only numpy and the TVM *runtime* (``TVM_USE_RUNTIME_LIB=1``: no
 compiler, ``tvm.runtime.vm.VirtualMachine``), and imports nothing from sparsebench.
 
-Usage: ``python -m sparsebench_board.runner JOB.json``, run in the folder that holds the package. The job names
-the engine (``"tvm"``, the default, or ``"onnxruntime"``: a peer runtime, the ``artifact`` then an ONNX file),
-the artifact, an ``.npz`` of evaluation inputs (one array per model input, in the model's input order), the batch,
-the timing rules and the energy settings; the runner writes ``result.json`` (and ``outputs.npy``: the first output
-of the model for every evaluation row) next to the job file and prints the result JSON as its last stdout line.
+Usage: ``python -m sparsebench_board.runner JOB.json``, run in the folder that holds the package. The job lists
+``models`` (each an ``artifact`` and its ``engine``: ``"tvm"``, the default, or ``"onnxruntime"``, a peer
+runtime, the artifact then an ONNX file), an ``.npz`` of evaluation inputs (one array per model input, in the
+model's input order), the batch, the timing rules and the energy settings; the runner writes ``result.json`` (and
+``outputs_<i>.npy``: the first output of model i for every evaluation row) next to the job file and prints the
+result JSON as its last stdout line.
 
-Timing: warm-up until both ``warmup_runs`` and ``warmup_s`` are reached; then every iteration is timed on its own
-(perf_counter_ns around one call, with a device sync) until both ``min_runs`` and ``min_s`` are reached, capped
-at ``max_runs``. Means of batches would hide the variation we report.
+Timing: ``rounds`` rounds, the models taking turns (A B C A B C ...) so that drift hits them alike; each round
+warms up afresh (until both ``warmup_runs`` and ``warmup_s``) and then times every iteration on its own
+(perf_counter_ns around one call, with a device sync) until both its share of ``min_runs`` and ``min_s`` are
+reached, capped at ``max_runs``. Means of batches would hide the variation we report. A model whose median is
+not yet precise (``max_ci``) or whose rounds disagree (``max_spread``) gets more rounds, up to ``max_rounds`` and
+``extend_s`` seconds (``rounds.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from .meta import device_metadata, set_threads
+from . import rounds
+from .meta import cpu_freqs_khz, device_metadata, set_affinity, set_threads
 
 
 def tvm_device(tvm, device: str):
@@ -54,7 +60,8 @@ class TvmModel:
 
         self.tvm = tvm
         self.dev = tvm_device(tvm, device)
-        self.main = VirtualMachine(tvm.runtime.load_module(artifact), self.dev)["main"]
+        self.vm = VirtualMachine(tvm.runtime.load_module(artifact), self.dev)
+        self.main = self.vm["main"]
 
     def feed(self, chunks: list):
         return [self.tvm.runtime.tensor(c, self.dev) for c in chunks]
@@ -65,6 +72,14 @@ class TvmModel:
 
     def first_output(self, fed):
         return _first_output(self.main(*fed)).numpy()
+
+    def model_time_ms(self, fed, repeat: int) -> list:
+        """The model's time by TVM's own C++ timer (``time_evaluator`` on the VM's ``invoke_stateful``), ms per
+        call: one mean per repeat, each repeat at least 1 ms of back-to-back calls, so a µs-scale model is not
+        dominated by the Python/FFI overhead of a single timed call."""
+        self.vm.set_input("main", *fed)
+        timer = self.vm.time_evaluator("invoke_stateful", self.dev, number=1, repeat=repeat, min_repeat_ms=1)
+        return [float(t) * 1e3 for t in timer("main").results]
 
 
 class OrtModel:
@@ -142,59 +157,148 @@ def as_batches(arrays: list, batch: int):
         yield chunks, real
 
 
-def run_job(job: dict, workdir: Path) -> dict:
-    import numpy as np
-
-    threads = set_threads(job.get("threads"))
-    t0 = time.perf_counter()
-    model = load_model(job, threads)
-    load_s = time.perf_counter() - t0
-    rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-    batch = int(job["batch"])
-    inputs = load_inputs(job)
-    timing_input = model.feed(next(as_batches(inputs, batch))[0])
-
-    # warm-up: both a run count and a duration, so caches, clocks and lazy init settle
+def _timed_round(model, fed, rules: dict) -> dict:
+    """One round: a fresh warm-up (both a run count and a duration, so caches, clocks and lazy init settle), then
+    every iteration timed on its own until both the round's run count and duration are reached (capped)."""
     warm_n, start = 0, time.perf_counter()
-    while warm_n < job["warmup_runs"] or time.perf_counter() - start < job["warmup_s"]:
-        model.run(timing_input)
+    while warm_n < rules["warmup_runs"] or time.perf_counter() - start < rules["warmup_s"]:
+        model.run(fed)
         warm_n += 1
     warmup_s = time.perf_counter() - start
-
     samples_ns = []
-    start = time.perf_counter()
     clock = time.perf_counter_ns
-    while (len(samples_ns) < job["min_runs"] or time.perf_counter() - start < job["min_s"]) \
-            and len(samples_ns) < job["max_runs"]:
+    start = time.perf_counter()
+    while (len(samples_ns) < rules["min_runs"] or time.perf_counter() - start < rules["min_s"]) \
+            and len(samples_ns) < rules["max_runs"]:
         t = clock()
-        model.run(timing_input)
+        model.run(fed)
         samples_ns.append(clock() - t)
-    measure_s = time.perf_counter() - start
+    return {"samples_ns": samples_ns, "warmup_runs": warm_n, "warmup_s": warmup_s,
+            "measure_s": time.perf_counter() - start}
 
-    # energy: its own phase after the latency loop (sampling must not disturb the latencies), only with a sensor
-    energy_cfg = job.get("energy") or {}
-    start = time.perf_counter()
-    energy = _measure_energy(lambda: model.run(timing_input), energy_cfg)
-    energy_s = time.perf_counter() - start
 
-    outputs = []
-    start = time.perf_counter()
-    for chunks, real in as_batches(inputs, batch):
-        outputs.append(np.asarray(model.first_output(model.feed(chunks)))[:real])
-    eval_s = time.perf_counter() - start
-    out_path = workdir / "outputs.npy"
-    np.save(out_path, np.concatenate(outputs))
+class _Entry:
+    """One model of the job and what was measured of it so far."""
 
+    def __init__(self, spec: dict, index: int):
+        self.spec = spec
+        self.id = str(spec.get("id", index))
+        self.model = None
+        self.fed = None
+        self.error = None
+        self.energy = None
+        self.model_time_ms = None
+        self.model_time_error = None
+        self.samples_ns = []
+        self.rounds = []
+        self.phases_s = {"load": 0.0, "warmup": 0.0, "measure": 0.0, "energy": 0.0, "eval": 0.0}
+
+    def take_round(self, rules: dict, cpus=()) -> None:
+        # a heartbeat on stderr: the host (and a test starting a competing load) sees which round runs now
+        print(f"round {len(self.rounds) + 1} model {self.id}", file=sys.stderr, flush=True)
+        start_ns = time.perf_counter_ns()
+        freqs = cpu_freqs_khz(cpus)
+        try:
+            got = _timed_round(self.model, self.fed, rules)
+            freqs += cpu_freqs_khz(cpus)  # before and after: a clock that moved during the round shows
+        except Exception as err:  # this model fails; the others of the job carry on
+            self.error = f"{type(err).__name__}: {err}"
+            return
+        self.samples_ns += got["samples_ns"]
+        self.phases_s["warmup"] += got["warmup_s"]
+        self.phases_s["measure"] += got["measure_s"]
+        ordered = sorted(got["samples_ns"])
+        self.rounds.append({"n": len(ordered), "p50_ns": rounds.median(ordered), "warmup_runs": got["warmup_runs"],
+                            "measure_s": got["measure_s"], "start_ns": start_ns,
+                            "freq_khz": [min(freqs), max(freqs)] if freqs else None})
+
+    def unsettled(self, job: dict) -> list:
+        return rounds.unsettled(self.samples_ns, [r["p50_ns"] for r in self.rounds],
+                                max_ci=job.get("max_ci", 0.03), max_spread=job.get("max_spread", 0.03))
+
+
+def run_job(job: dict, workdir: Path) -> dict:
+    """Time every model of the job in interleaved rounds (A B C A B C ...; extended while some are unsettled, up to
+    ``max_rounds`` and ``extend_s``), then measure each one's energy and evaluate it on the evaluation set."""
+    import numpy as np
+
+    cpus = set_affinity(job.get("cpus") or [])  # before any thread pool starts: the pools inherit it
+    threads = set_threads(job.get("threads"))
+    batch = int(job["batch"])
+    inputs = load_inputs(job)
+    first_chunk = next(as_batches(inputs, batch))[0]
+    entries = [_Entry(spec, i) for i, spec in enumerate(job["models"])]
+    for entry in entries:
+        start = time.perf_counter()
+        try:
+            entry.model = load_model({**job, **entry.spec}, threads)
+            entry.fed = entry.model.feed(first_chunk)
+        except Exception as err:  # one artifact that does not load is that row's error, not the job's
+            entry.error = f"{type(err).__name__}: {err}"
+        entry.phases_s["load"] = time.perf_counter() - start
+    rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    n_rounds = max(1, int(job.get("rounds", 1)))
+    # the row's timing budget (min_runs, min_s) is shared by its rounds; each round warms up afresh
+    rules = {"warmup_runs": job["warmup_runs"], "warmup_s": job["warmup_s"],
+             "min_runs": -(-int(job["min_runs"]) // n_rounds), "min_s": float(job["min_s"]) / n_rounds,
+             "max_runs": max(1, int(job["max_runs"]) // n_rounds)}
+    live = lambda: [e for e in entries if e.error is None]  # noqa: E731
+    for _ in range(n_rounds):
+        for entry in live():
+            entry.take_round(rules, cpus)
+    extend_until = time.perf_counter() + float(job.get("extend_s", 0.0))
+    while time.perf_counter() < extend_until:
+        todo = [e for e in live() if len(e.rounds) < job.get("max_rounds", n_rounds) and e.unsettled(job)]
+        if not todo:
+            break
+        for entry in todo:
+            entry.take_round(rules, cpus)
+
+    # model time by TVM's C++ timer, where the engine has one (a peer runtime's rows leave it unavailable)
+    for entry in live():
+        if hasattr(entry.model, "model_time_ms"):
+            try:
+                entry.model_time_ms = entry.model.model_time_ms(entry.fed, int(job.get("model_time_repeat", 15)))
+            except Exception as err:  # the per-call latency stands; the C++ figure is then unavailable
+                entry.model_time_error = f"{type(err).__name__}: {err}"
+
+    # energy: its own phase after the latency rounds (sampling must not disturb the latencies), only with a sensor
+    energy_cfg = job.get("energy")
+    results = []
+    for entry in entries:
+        if entry.error is None and energy_cfg is not None:
+            start = time.perf_counter()
+            try:
+                entry.energy = _measure_energy(lambda: entry.model.run(entry.fed), energy_cfg)
+            except Exception as err:
+                entry.error = f"energy: {type(err).__name__}: {err}"
+            entry.phases_s["energy"] = time.perf_counter() - start
+        out_name = None
+        if entry.error is None:
+            start = time.perf_counter()
+            try:
+                outputs = [np.asarray(entry.model.first_output(entry.model.feed(chunks)))[:real]
+                           for chunks, real in as_batches(inputs, batch)]
+                out_name = f"outputs_{len(results)}.npy"
+                np.save(workdir / out_name, np.concatenate(outputs))
+            except Exception as err:
+                entry.error = f"evaluate: {type(err).__name__}: {err}"
+            entry.phases_s["eval"] = time.perf_counter() - start
+        results.append({
+            "id": entry.id, "ok": entry.error is None, "error": entry.error,
+            "engine": entry.spec.get("engine", "tvm"), "latencies_ns": entry.samples_ns, "rounds": entry.rounds,
+            "unsettled": [list(bound) for bound in entry.unsettled(job)] if entry.error is None else [],
+            "warmup_runs": sum(r["warmup_runs"] for r in entry.rounds), "phases_s": entry.phases_s,
+            "energy": entry.energy, "outputs": out_name, "model_time_ms": entry.model_time_ms,
+            "model_time_error": entry.model_time_error,
+        })
+        entry.model = entry.fed = None  # free the artifact before the next one evaluates
     return {
         "ok": True,
-        "engine": job.get("engine", "tvm"),
         "threads": threads,
-        "latencies_ns": samples_ns,
-        "warmup_runs": warm_n,
-        "phases_s": {"load": load_s, "warmup": warmup_s, "measure": measure_s, "energy": energy_s, "eval": eval_s},
-        "energy": energy,
-        "outputs": out_path.name,
+        "cpus": cpus,
+        "models": results,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_after_load_mb": rss_after_load_mb,
     }
@@ -217,7 +321,7 @@ def main(argv: list[str]) -> int:
     text = json.dumps(result)
     (workdir / "result.json").write_text(text)
     print(text)
-    return 0 if result["ok"] else 1
+    return 0 if result["ok"] and all(m["ok"] for m in result["models"]) else 1
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ def verify_artifact(artifact: str | Path, *, arch: str = "aarch64",
 
     sysroot = ensure_sysroot(arch, log=log)
     # Only outputs matter here: one warm-up, three timed calls, no energy window.
-    quick = MeasureConfig(warmup_runs=1, warmup_s=0.0, min_runs=3, min_s=0.0, max_runs=3, timeout_s=1800.0,
+    quick = MeasureConfig(warmup_runs=1, warmup_s=0.0, min_runs=3, min_s=0.0, max_runs=3, rounds=1, max_rounds=1,
+                          extend_s=0.0, timeout_s=1800.0,
                           energy_idle_s=0.0, energy_window_s=0.0)
     log(f"running {path.name} under qemu-{arch}")
     emu = run_on_device(EmulatedTransport(sysroot), artifact=path, inputs=inputs, batch=batch, measure=quick,

@@ -1,4 +1,10 @@
-"""Memory bandwidth of this machine (numpy copies in and out of cache) and the roofline it sets for a kernel."""
+"""Memory bandwidth of this machine and the roofline it sets for a kernel.
+
+The roofline uses a *read-bandwidth curve* measured here over working-set sizes from 16 KiB to far past the last-level
+cache (``schedules.probe``: a compiled kernel, since numpy's call overhead hides how fast L1/L2 are read), not the
+cache size the OS reports (a VM may report a 480 MB LLC). A kernel's ideal time is its working set -- weights, index
+arrays and activations -- read at the bandwidth of that size; a fraction above 1 (+ tolerance) means the probe is
+wrong, and is reported as such instead of printed. The numpy copy figures stay as context."""
 
 from __future__ import annotations
 
@@ -89,12 +95,56 @@ def measure_bandwidth(threads: int, quick: bool = False) -> dict:
     }
 
 
-def roofline(nbytes: int, timing: Timing, bandwidth: dict) -> tuple[float, str]:
-    """(fraction, level): time to stream `nbytes` at the bandwidth of the level it fits in, over the measured median.
+#: Working-set sizes of the read-bandwidth curve: 16 KiB ... 1 GiB (256 MiB in a quick run), two points per octave.
+def curve_sizes(quick: bool) -> list[int]:
+    top = (256 << 20) if quick else (1 << 30)
+    sizes, size = [], 16 << 10
+    while size <= top:
+        sizes += [size, size * 3 // 2] if size * 3 // 2 <= top else [size]
+        size *= 2
+    return sizes
 
-    A format whose bytes fit in half the LLC is compared with the cache copy bandwidth, a larger
-    one with DRAM's. Above 1.0 means faster than that copy (the data sat in a closer cache).
-    """
-    level = "cache" if nbytes <= bandwidth["llc_bytes"] // 2 else "dram"
-    ideal_us = nbytes / (bandwidth[f"{level}_gbs"] * 1e9) * 1e6
-    return ideal_us / timing.median_us, level
+
+#: A measured fraction of the roofline may exceed 1 by this much (timer noise) before the probe is blamed.
+ROOFLINE_TOLERANCE = 0.05
+
+
+def measure_read_curve(target, threads: int, quick: bool = False) -> list[dict]:
+    """The read-bandwidth curve ``[{"bytes", "gbs", "threads"}, ...]`` of this machine (see the module doc)."""
+    from schedules.cpu import cpu_info
+    from schedules.probe import read_curve
+
+    return read_curve(target, curve_sizes(quick), threads, cpu_info(target).lanes, repeat=5 if quick else 9)
+
+
+def bandwidth_at(curve: list[dict], nbytes: int) -> float:
+    """Read bandwidth (GB/s) for a working set of ``nbytes``: log-linear between the curve's neighbouring sizes
+    (the end points beyond them)."""
+    import math
+
+    points = sorted((p["bytes"], p["gbs"]) for p in curve)
+    if nbytes <= points[0][0]:
+        return points[0][1]
+    for (b0, g0), (b1, g1) in zip(points, points[1:]):
+        if nbytes <= b1:
+            w = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return g0 + w * (g1 - g0)
+    return points[-1][1]
+
+
+def read_roofline(working_set: int, timing: Timing, curve: list[dict]) -> dict:
+    """The kernel's roofline record: ``roofline_gbs`` (the curve at its working-set size), ``roofline_fraction``
+    (ideal time over the measured median, in [0, 1 + tolerance]), or ``roofline_error`` when the fraction is beyond
+    that -- the kernel read faster than the probe says is possible, so the probe is wrong, not the kernel fast."""
+    gbs = bandwidth_at(curve, working_set)
+    ideal_us = working_set / (gbs * 1e9) * 1e6
+    fraction = ideal_us / timing.median_us
+    out = {"working_set_bytes": working_set, "roofline_gbs": round(gbs, 2)}
+    if fraction > 1 + ROOFLINE_TOLERANCE:
+        out.update(roofline_fraction=None, roofline_error=(
+            f"fraction {fraction:.2f} > 1: {working_set} B in {timing.median_us:.3g} µs is "
+            f"{working_set / timing.median_us / 1e3:.1f} GB/s, above the probe's {gbs:.1f} GB/s at that size; the "
+            "bandwidth probe is wrong here"))
+    else:
+        out["roofline_fraction"] = round(fraction, 4)
+    return out

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import peers
-from .bandwidth import measure_bandwidth, roofline
+from .bandwidth import measure_bandwidth, measure_read_curve, read_roofline
 from .document import SUITE_FORMAT
 from .plan import FULL, Plan, sparse_weights
 from .timer import Clock, Timing
@@ -84,16 +84,17 @@ class _Context:
         out = []
         for job in self.jobs:
             timing = job.best
-            fraction = level = None
+            roof = {"roofline_fraction": None}
             if job.fields["batch"] == 1 and job.nbytes:
-                fraction, level = roofline(job.nbytes, timing, self.bandwidth)
+                n, k = job.fields["shape"]
+                activations = 4 * job.fields["batch"] * (n + k)  # x read and y written, fp32
+                roof = read_roofline(job.nbytes + activations, timing, self.bandwidth["read_curve"])
             out.append({
                 **job.fields,
                 "median_us": round(timing.median_us, 3), "p90_us": round(timing.p90_us, 3), "n": timing.n,
                 "min_us": round(timing.min_us, 3), "attempts": timing.attempts, "pass": job.best_pass,
                 "passes": passes,
-                "roofline_fraction": None if fraction is None else round(fraction, 4),
-                "roofline_level": level, "format_bytes": job.nbytes,
+                **roof, "format_bytes": job.nbytes,
             })
         return out
 
@@ -160,9 +161,10 @@ def kernel_suite(
     implementations, which do the same work whatever the values), format ("bsr", "nm" or
     "dense"), block ([r, c] for bsr, [n, m] for nm, null for dense), impl, median_us, p90_us, n
     (timed calls), min_us, attempts (see `Plan.attempts`), pass (the kept one of `passes`),
-    roofline_fraction (batch 1 only: format_bytes at the bandwidth of the level it fits in, over
-    median_us), roofline_level ("cache" or "dram"), format_bytes (bytes of the weight as that
-    implementation stores it) and, for sparse weights, actual_sparsity.
+    for batch 1: working_set_bytes (format_bytes + the fp32 activations read and written), roofline_gbs (the read
+    bandwidth curve at that size) and roofline_fraction (working set at that bandwidth over median_us, never above
+    1 + tolerance; beyond it roofline_fraction is null and roofline_error says the probe is wrong), format_bytes
+    (bytes of the weight as that implementation stores it) and, for sparse weights, actual_sparsity.
 
     `bandwidth` replaces the bandwidth measurement (a dict like `measure_bandwidth` returns).
     """
@@ -175,9 +177,13 @@ def kernel_suite(
     target = as_target(target)
     started = time.perf_counter()
     load_start = os.getloadavg()
+    quick = plan.max_runs < FULL.max_runs
     if bandwidth is None:
         log("measuring memory bandwidth ...")
-        bandwidth = measure_bandwidth(threads, quick=plan.max_runs < FULL.max_runs)
+        bandwidth = measure_bandwidth(threads, quick=quick)
+    if "read_curve" not in bandwidth:
+        log("measuring the read-bandwidth curve (16 KiB ... past the LLC) ...")
+        bandwidth = {**bandwidth, "read_curve": measure_read_curve(target, threads, quick=quick)}
     ctx = _Context(target, cpu_info(target), Clock(plan), bandwidth, threads, log=log)
     rng = np.random.default_rng(0)
     for shape in plan.shapes:  # build (and check) everything first, then time it in passes

@@ -11,13 +11,23 @@ def _fmt(value: float | None, spec: str = ".2f", suffix: str = "x") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _size(nbytes: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):g} {unit}"
+    return f"{nbytes} B"
+
+
 def format_table(doc: dict) -> str:
     """The short stdout table: per shape, batch and sparsity, the best sparse kernel against the baselines."""
     bw = doc["bandwidth"]
     lines = [
         f"target {doc['meta']['target']}  TVM threads {doc['meta']['tvm_threads']}  ({doc['meta']['seconds']} s)",
         f"copy bandwidth (read+write): cache {bw['cache_gbs']:.1f} GB/s ({bw['cache_buffer_bytes'] >> 20} MiB buffer), "
-        f"dram {bw['dram_gbs']:.1f} GB/s ({bw['dram_buffer_bytes'] >> 20} MiB); LLC {bw['llc_bytes'] >> 20} MiB",
+        f"dram {bw['dram_gbs']:.1f} GB/s ({bw['dram_buffer_bytes'] >> 20} MiB); LLC {bw['llc_bytes'] >> 20} MiB "
+        "(as the OS reports it)",
+        "read bandwidth by working set (the roofline): " + " · ".join(
+            f"{_size(p['bytes'])} {p['gbs']:.0f}" for p in bw.get("read_curve", [])[::4]) + " GB/s",
         f"times are medians in µs (best of {doc['meta']['plan'].get('passes', 1)} passes); "
         "'x' = how many times faster the best sparse kernel is; "
         "np/ort = the faster of numpy and onnxruntime; roof = fraction of the bandwidth roofline",
@@ -31,6 +41,8 @@ def format_table(doc: dict) -> str:
     for row in rows(doc):
         best, base, dense = row["best"], row["baseline"], row["dense"]
         roof = best.get("roofline_fraction")
+        if best.get("roofline_error"):
+            roof = float("nan")  # printed as nan: the probe is wrong there (the checks below say why)
         lines.append(
             f"{row['shape'][0]:>5}x{row['shape'][1]:<4} {row['batch']:>3} {row['sparsity']:>5.2f} | "
             f"{label(best):>12} {best['median_us']:>8.1f} {_fmt(roof, '.2f', ''):>5} | "

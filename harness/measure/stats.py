@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..board.rounds import CONFIDENCE, quantile_ci_ranks, round_spread
 from ..records import LatencyStats
 
 
@@ -18,39 +19,6 @@ def _cv(values: np.ndarray) -> float:
     mean = float(values.mean())
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
     return std / mean if mean > 0 else float("nan")
-
-
-#: Confidence of every interval we report for a percentile.
-CONFIDENCE = 0.95
-
-
-def quantile_ci_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
-    """1-based ranks (l, u) of the order statistics bracketing the q-quantile with at least `confidence`.
-
-    Distribution-free: the number B of samples below the true q-quantile is Binomial(n, q) whatever the latency
-    distribution, and [x_(l), x_(u)] covers the quantile when l <= B < u, so l and u are the binomial quantiles at
-    (1 - confidence)/2 and (1 + confidence)/2 (exact CDF, no normal approximation). ``None`` when n is too small for
-    an interval at that confidence (e.g. a p99 from 50 samples).
-    """
-    if n < 1 or not 0.0 < q < 1.0:
-        return None
-    from math import lgamma, log
-
-    k = np.arange(n + 1)
-    log_pmf = (lgamma(n + 1) - np.array([lgamma(i + 1) + lgamma(n - i + 1) for i in k])
-               + k * log(q) + (n - k) * log(1.0 - q))
-    cdf = np.cumsum(np.exp(log_pmf - log_pmf.max()))
-    cdf /= cdf[-1]  # P(B <= k)
-    alpha = (1.0 - confidence) / 2
-    # l: the largest rank with P(B <= l - 1) <= alpha; u: the smallest with P(B <= u - 1) >= 1 - alpha
-    below = np.nonzero(cdf <= alpha)[0]
-    above = np.nonzero(cdf >= 1.0 - alpha)[0]
-    if below.size == 0 or above.size == 0:
-        return None
-    lo, hi = int(below[-1]) + 1, int(above[0]) + 1
-    if lo < 1 or hi > n:
-        return None
-    return lo, hi
 
 
 def quantile_ci(sorted_values: np.ndarray, q: float, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
@@ -70,9 +38,10 @@ def ratio_ci(num: tuple[float, float] | None, den: tuple[float, float] | None) -
     return num[0] / den[1], num[1] / den[0]
 
 
-def latency_stats(samples_ns: list[int] | np.ndarray) -> LatencyStats:
+def latency_stats(samples_ns: list[int] | np.ndarray, round_p50_ns: list[float] | None = None) -> LatencyStats:
     """Percentiles (linear interpolation), their 95 % order-statistic confidence intervals, mean, sample std
-    (ddof=1) and CVs of latencies given in nanoseconds."""
+    (ddof=1) and CVs of latencies given in nanoseconds (all rounds pooled), and the spread of the rounds' medians
+    ``round_p50_ns`` when the measurement had rounds."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     if ms.size == 0:
         raise ValueError("no latency samples")
@@ -87,4 +56,16 @@ def latency_stats(samples_ns: list[int] | np.ndarray) -> LatencyStats:
         cv=_cv(inside), cv_all=_cv(ms), n_outliers=int(ms.size - inside.size),
         p50_ci_low_ms=cis[0.5][0], p50_ci_high_ms=cis[0.5][1], p90_ci_low_ms=cis[0.9][0],
         p90_ci_high_ms=cis[0.9][1], p99_ci_low_ms=cis[0.99][0], p99_ci_high_ms=cis[0.99][1],
+        round_p50_ms=tuple(float(v) / 1e6 for v in round_p50_ns) if round_p50_ns else None,
+        round_spread=round_spread([float(v) / 1e6 for v in round_p50_ns], float(p50)) if round_p50_ns else None,
     )
+
+
+def model_time(repeats_ms: list[float] | None) -> dict:
+    """ResultRow columns of the C++ timer's repeats (ms per call each): their median and its 95 % interval."""
+    if not repeats_ms:
+        return {}
+    ordered = np.sort(np.asarray(repeats_ms, dtype=np.float64))
+    ci = quantile_ci(ordered, 0.5) or (None, None)
+    return {"model_time_p50_ms": float(np.median(ordered)), "model_time_ci_low_ms": ci[0],
+            "model_time_ci_high_ms": ci[1], "model_time_repeats": int(ordered.size)}

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from ..records import LayerRecord, ResultRow
 from . import fmt
-from .tables import COLUMNS, Group, best_dense_lines, problem_rows, problems_of, row_context, verdict_counts
+from .tables import (COLUMNS, Group, best_dense_lines, headline, problem_rows, problems_of, row_context,
+                     verdict_counts)
 
 if TYPE_CHECKING:  # plots imports matplotlib; the page itself only embeds the PNGs it is given
     from .plots import PlotSpec
@@ -31,11 +32,18 @@ pre { background: #f6f6f6; padding: .4rem .6rem; white-space: pre-wrap; word-bre
 figure { display: inline-block; margin: .5rem 1rem .5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .8rem; color: #555; } details { margin: .3rem 0; } summary { cursor: pointer; }
 .note { color: #666; font-size: .85rem; }
+.scroll { overflow-x: auto; max-width: 100%; } .headline li { font-size: 1.05rem; margin: .2rem 0; }
 """
 
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _headline_section(groups: Sequence[Group]) -> list[str]:
+    """The answer first: per model, batch and device, what the best sparse variant buys."""
+    return ['<section id="headline">', "<h2>What sparsity buys</h2>", '<ul class="headline">',
+            *(f"<li>{_e(headline(g))}</li>" for g in groups), "</ul>", "</section>"]
 
 
 def _verdict_section(rows: Sequence[ResultRow]) -> list[str]:
@@ -45,14 +53,14 @@ def _verdict_section(rows: Sequence[ResultRow]) -> list[str]:
     out.append(f"<span>{len(rows)} rows</span></p>")
     problems = problem_rows(rows)
     if problems:
-        out.append("<ul>")
+        out.append(f"<details><summary>{len(problems)} row(s) not VALID: the reasons</summary><ul>")
         for row in problems:
             verdict = _e(row.verdict)
             out.append(f'<li><span class="{verdict}">{verdict}</span> <code>{_e(row.variant_key)}</code>'
                        f" ({_e(row_context(row))})")
             out += [f"<pre>{_e(p)}</pre>" for p in problems_of(row)]
             out.append("</li>")
-        out.append("</ul>")
+        out.append("</ul></details>")
     elif rows:
         out.append("<p>All rows are VALID.</p>")
     out.append("</section>")
@@ -61,7 +69,8 @@ def _verdict_section(rows: Sequence[ResultRow]) -> list[str]:
 
 def _results_section(groups: Sequence[Group]) -> list[str]:
     cols = [c for c in COLUMNS if c.name != "quality"]  # accuracy and top-1 have their own columns here
-    out = ['<section id="results">', "<h2>Results</h2>", '<table class="results">', "<thead><tr>"]
+    out = ['<section id="results">', "<h2>Results</h2>", '<div class="scroll"><table class="results">',
+           "<thead><tr>"]
     out += [f"<th>{_e(c.header)}</th>" for c in cols]
     out.append("</tr></thead><tbody>")
     for group, row in ((g, r) for g in groups for r in g.rows):
@@ -75,10 +84,16 @@ def _results_section(groups: Sequence[Group]) -> list[str]:
             attrs = (f' class="{_e(cls)}"' if cls else "") + (f' title="{_e(tip)}"' if tip else "")
             cells.append(f"<td{attrs}>{_e(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out += ["</tbody></table>",
-            '<p class="note">Speedup vs dense = our dense build\'s p50 / variant p50 within the same model, batch '
+    out += ["</tbody></table></div>",
+            '<p class="note">p50 = median latency of one call from Python (what an application calling from Python '
+            "sees), all timing rounds pooled, with its 95 % distribution-free interval; round spread = how far the "
+            "rounds' medians lie from it (the variants of a model took turns round by round); model ms = the same "
+            "model timed by TVM's C++ timer (repeats of at least 1 ms of back-to-back calls, no Python/FFI "
+            "overhead). Speedup vs dense = our dense build\'s p50 / variant p50 within the same model, batch "
             "and device; speedup vs best dense = the fastest dense runtime's p50 (our build or a peer runtime's, "
-            "named in brackets) / variant p50. n/a = not available (never zero). Latencies in ms.</p>"]
+            "named in brackets) / variant p50; intervals come from the two medians' intervals (both hold: at least "
+            "90 %), and 'no significant difference' marks one that contains 1. n/a = not available (never zero). "
+            "Latencies in ms.</p>"]
     out += _best_dense_section(groups)
     out.append("</section>")
     return out
@@ -164,8 +179,8 @@ def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
         if not layers:
             out.append('<p class="note">No per-layer data.</p>')
         else:
-            out.append("<table><thead><tr><th>layer</th><th>operator</th><th>shape</th><th>sparsity target</th>"
-                       "<th>sparsity actual</th><th>kernel</th><th>why</th></tr></thead><tbody>")
+            out.append('<div class="scroll"><table><thead><tr><th>layer</th><th>operator</th><th>shape</th>'
+                       "<th>sparsity target</th><th>sparsity actual</th><th>kernel</th><th>why</th></tr></thead><tbody>")
             for layer in layers:
                 weight = f' title="weight {_e(layer.weight)}"' if layer.weight else ""
                 out.append("<tr>" + "".join([
@@ -176,7 +191,7 @@ def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
                     f'<td class="num">{_e(fmt.pct(layer.sparsity_actual))}</td>',
                     f"<td>{_e(_kernel(layer))}</td>",
                     f"<td>{_e(_why(layer))}</td>"]) + "</tr>")
-            out.append("</tbody></table>")
+            out.append("</tbody></table></div>")
         out.append("</details>")
     out.append("</section>")
     return out
@@ -222,6 +237,7 @@ def render_html(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSp
              f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
     if meta:
         parts.append(f'<p class="meta">{_e(meta)}</p>')
+    parts += _headline_section(groups)
     parts += _verdict_section(rows)
     parts += _notes_section(notes)
     parts += _results_section(groups)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..records import ResultRow
-from .tables import Group, best_dense_lines, columns, problem_rows, problems_of, row_context, verdict_counts
+from .tables import (Group, best_dense_lines, columns, headline, problem_rows, problems_of, row_context,
+                     verdict_counts)
 
 _MAX_MESSAGE = 400  # characters of an error shown in Markdown; the HTML report keeps the full text
 
@@ -40,8 +41,8 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
                    notes: Sequence[str] = ()) -> str:
     """The whole summary.md text."""
     rows = [r for g in groups for r in g.rows]
-    names = ["verdict", "model", "batch", "method", "block", "sparsity_target", "sparsity_actual", "p50",
-             "speedup", "speedup_best", "quality"]
+    names = ["verdict", "model", "batch", "method", "block", "sparsity_target", "sparsity_actual", "p50", "spread",
+             "model_time", "speedup", "speedup_best", "speedup_model", "quality"]
     if len({r.device for r in rows}) > 1:  # only needed to tell rows apart when several devices ran
         names.insert(3, "device")
     cols = columns(*names)
@@ -50,6 +51,7 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
     meta = [f"{k} `{_cell(info[k])}`" for k in ("run_id", "created_at") if info.get(k) is not None]
     if meta:
         lines += [" · ".join(meta), ""]
+    lines += ["## What sparsity buys", "", *(f"- {_cell(headline(g))}" for g in groups), ""]
     lines += ["## Verdicts", "", *verdict_lines(rows), ""]
     if notes:
         lines += ["## Notes", "", *(f"- {_cell(n)}" for n in notes), ""]
@@ -59,10 +61,15 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
     for group in groups:
         for row in group.rows:
             lines.append("| " + " | ".join(_cell(c.cell(row, group)) for c in cols) + " |")
-    lines += ["", "Speedup vs dense = our dense build's p50 / variant p50 within the same model, batch and device; "
+    lines += ["", "p50 = median latency of one call from Python (what an application calling from Python sees), all "
+              "timing rounds pooled, with its 95 % distribution-free interval; round spread = how far the rounds' "
+              "medians lie from it (the variants of a model took turns round by round); model ms = the same model "
+              "timed by TVM's C++ timer (repeats of >= 1 ms of back-to-back calls: no Python/FFI overhead). "
+              "Speedup vs dense = our dense build's p50 / variant p50 within the same model, batch and device; "
               "speedup vs best dense = the fastest dense runtime's p50 (ours or a peer runtime's, in brackets) / "
-              "variant p50. n/a = not available. Accuracy where the model has labels, else top-1 agreement with "
-              "dense.", ""]
+              "variant p50; intervals from the two medians' intervals (both hold: >= 90 %), 'no significant difference' "
+              "when one contains 1. n/a = not available. Accuracy where the model has labels, else top-1 agreement "
+              "with dense.", ""]
     best = [best_dense_lines(g) for g in groups]
     if any(best):
         lines += ["## Against the best dense runtime", ""]

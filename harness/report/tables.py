@@ -133,6 +133,18 @@ class Group:
             return None
         return ratio_ci(self.best_dense.p50_ci, row.p50_ci)
 
+    def speedup_model_time(self, row: ResultRow) -> float | None:
+        """Dense / this row's model time by TVM's C++ timer (ours only: peer runtimes have none)."""
+        base = None if self.baseline is None else as_float(self.baseline.model_time_p50_ms)
+        mine = as_float(row.model_time_p50_ms)
+        ok = base is not None and mine is not None and mine > 0 and row.verdict != "ERROR"
+        return base / mine if ok else None
+
+    def speedup_model_time_ci(self, row: ResultRow) -> tuple[float, float] | None:
+        if self.speedup_model_time(row) is None:
+            return None
+        return ratio_ci(self.baseline.model_time_ci, row.model_time_ci)
+
     def speedup_best(self, row: ResultRow) -> float | None:
         """Best dense p50 / this row's p50: below 1 the row is slower than a dense runtime the user can have,
         whatever its speedup vs our dense build."""
@@ -269,11 +281,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("sparsity_target", "sparsity target", _show(fmt.pct, lambda r: r.sparsity_target)),
     Column("sparsity_actual", "sparsity actual", _show(fmt.pct, lambda r: r.sparsity_actual)),
     Column("p50", "p50 ms [95 % CI]", lambda r, g: fmt.with_ci(r.latency_p50_ms, r.p50_ci)),
+    Column("model_time", "model ms, C++ timer [CI]", lambda r, g: fmt.with_ci(r.model_time_p50_ms, r.model_time_ci)),
     Column("p90", "p90 ms", _show(fmt.sig, lambda r: r.latency_p90_ms)),
     Column("p99", "p99 ms", _show(fmt.sig, lambda r: r.latency_p99_ms)),
     Column("cv", "CV", _show(fmt.pct, lambda r: r.latency_cv)),
     Column("speedup", "speedup vs dense [CI]", lambda r, g: fmt.speedup_ci(g.speedup(r), g.speedup_ci(r))),
     Column("speedup_best", "speedup vs best dense [CI]", _speedup_best),
+    Column("speedup_model", "speedup vs dense, model time [CI]",
+           lambda r, g: fmt.speedup_ci(g.speedup_model_time(r), g.speedup_model_time_ci(r))),
+    Column("spread", "round spread", _show(lambda v: f"±{fmt.pct(v)}" if as_float(v) is not None else fmt.NA,
+                                           lambda r: r.round_spread)),
     Column("quality", "accuracy / top-1", _quality),
     Column("accuracy", "accuracy", _show(lambda v: fmt.pct(v, 2), lambda r: r.accuracy)),
     Column("top1", "top-1 agreement", _show(lambda v: fmt.pct(v, 2), lambda r: r.top1_agreement)),
@@ -290,3 +307,39 @@ def columns(*names: str) -> list[Column]:
     """The named display columns, in the order given."""
     by_name = {c.name: c for c in COLUMNS}
     return [by_name[n] for n in names]
+
+
+# --- the headline ------------------------------------------------------------------------------------------------
+
+def _quality_text(row: ResultRow) -> str | None:
+    if as_float(row.accuracy) is not None:
+        return f"accuracy {fmt.pct(row.accuracy, 1)}"
+    if as_float(row.top1_agreement) is not None:
+        return f"top-1 agreement with dense {fmt.pct(row.top1_agreement, 1)}"
+    return None
+
+
+def headline(group: Group) -> str:
+    """One sentence answering "what does sparsity buy this model here": the fastest VALID sparse variant's speedup
+    vs our dense build with its interval, its accuracy next to dense's, and how it stands against the best dense
+    runtime when a peer is faster than our dense build."""
+    sparse = [r for r in group.measured() if not is_baseline(r) and r.verdict == "VALID" and group.speedup(r)]
+    if group.baseline is None or not sparse:
+        why = "no dense baseline was measured" if group.baseline is None else "no sparse variant was measured VALID"
+        return f"{group.title}: {why}; see the verdicts."
+    best = max(sparse, key=group.speedup)
+    value, ci = group.speedup(best), group.speedup_ci(best)
+    text = f"{group.title} — {short_label(best)}: "
+    if ci is not None and ci[0] <= 1.0 <= ci[1]:
+        text += f"no significant difference from dense ({fmt.speedup(value)} {fmt.interval(*ci, '×')})"
+    else:
+        text += f"{fmt.speedup(value)} {'faster' if value >= 1 else 'slower'} than dense"
+        text += f" {fmt.interval(*ci, '×')}" if ci else ""
+    mine, dense = _quality_text(best), _quality_text(group.baseline)
+    if mine:
+        text += f", {mine}" + (f" vs {dense.split(' ')[-1]} dense" if dense and best.accuracy is not None else "")
+    best_dense = group.best_dense
+    if best_dense is not None and best_dense is not group.baseline:
+        versus = group.speedup_best(best)
+        text += f"; {fmt.speedup(versus)} vs {best_dense.method}, the fastest dense runtime"
+    return text + "."

@@ -90,10 +90,17 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
 #: schema version -> a function that upgrades a store from that version to the next, inside one transaction.
 #: A test checks that a migrated store has exactly the columns of a new one.
 def _v3_to_v4(conn: sqlite3.Connection) -> None:
-    """4: 95 % confidence intervals of p50/p90/p99 (older rows: NULL, shown as unavailable)."""
+    """4: 95 % confidence intervals of p50/p90/p99, the timing rounds' medians and spread, and the model time by
+    TVM's C++ timer (older rows: NULL, shown as unavailable)."""
     for q in ("p50", "p90", "p99"):
         for end in ("low", "high"):
             conn.execute(f"ALTER TABLE results ADD COLUMN latency_{q}_ci_{end}_ms REAL")
+    conn.execute("ALTER TABLE results ADD COLUMN round_p50_ms_json TEXT")
+    conn.execute("ALTER TABLE results ADD COLUMN round_spread REAL")
+    conn.execute("ALTER TABLE results ADD COLUMN clock_range_khz_json TEXT")
+    for column, kind in (("model_time_p50_ms", "REAL"), ("model_time_ci_low_ms", "REAL"),
+                         ("model_time_ci_high_ms", "REAL"), ("model_time_repeats", "INTEGER")):
+        conn.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
