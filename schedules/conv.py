@@ -1,14 +1,12 @@
 """Convolutions as matmuls: a conv2d's geometry, its [O, C*kh*kw] weight, and the layout kernels around the GEMM.
 
-A conv2d with one group is a matmul between the im2col matrix of its input, cols[B*Ho*Wo, C*kh*kw] (one row per
-output pixel: the input window it sees, zeros where the window hangs over the padding), and its weight viewed as
-W[O, C*kh*kw] (the view `harness/sparsify/prune.py` prunes and `tvm_adapter.weight_names` names). Our dense, BSR
-and N:M kernels then compute y[B*Ho*Wo, O] = cols @ W^T, which is the NHWC output; NCHW transposes each image's
-[Ho*Wo, O] back to [O, Ho*Wo] with `transpose_func` (TVM's default pipeline would leave a permute_dims as an
-unscheduled serial loop nest).
-
-A 1x1 convolution with stride 1 and no padding needs no im2col: NHWC x [B, H, W, C] already is x [B*H*W, C], and
-NCHW is one transpose per image. Depthwise convolutions (one group per channel) are `schedules.conv_depthwise`.
+A conv2d with one group is a matmul with its weight viewed as W[O, C*kh*kw] (the view
+`harness/sparsify/prune.py` prunes and `tvm_adapter.weight_names` names). In NHWC it is the im2col matrix of
+its input, cols[B*Ho*Wo, C*kh*kw] (`im2col_func`: one row per output pixel, the input window it sees, zeros
+where the window hangs over the padding), times W^T by our dense, BSR or N:M kernels: y[B*Ho*Wo, O] is the
+NHWC output. NCHW convs keep the weight on the left instead, y[b] = W · colsT[b] (`schedules.conv_nchw`),
+so nothing is transposed. A 1x1 convolution with stride 1 and no padding needs no im2col in either layout.
+Depthwise convolutions (one group per channel) are `schedules.conv_depthwise`.
 """
 
 from __future__ import annotations
@@ -166,34 +164,3 @@ def im2col_func(s: ConvShape) -> tvm.tirx.PrimFunc:
                     )
 
     return im2col.with_attr(KERNEL_ATTRS)
-
-
-#: Edge of the square tiles the transpose moves at a time (a 64-byte line of fp32 per tile row).
-TILE = 16
-
-
-def transpose_func(batch: int, rows: int, cols: int) -> tvm.tirx.PrimFunc:
-    """TensorIR kernel x[batch, rows, cols] -> y[batch, cols, rows], in TILE x TILE tiles, parallel over row tiles.
-
-    Tiles keep both the reads and the writes within a few cache lines each; a plain loop would
-    walk one of the two arrays `rows` or `cols` floats apart on every element.
-    """
-    row_tiles, col_tiles = -(-rows // TILE), -(-cols // TILE)
-
-    # Block-style (s_tir) on purpose: Relax's RewriteDataflowReshape inspects every call_tir whose input and
-    # output have the same number of elements for a reshape pattern, and asserts a root block to look into.
-    @T.prim_func(private=True, s_tir=True)
-    def transpose(x: T.Buffer((batch, rows, cols), "float32"), y: T.Buffer((batch, cols, rows), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        for f in T.parallel(batch * row_tiles):
-            for ct, ci, ri in T.grid(col_tiles, TILE, TILE):
-                with T.sblock("transpose"):
-                    vb = T.axis.opaque(batch, f // row_tiles)
-                    vr = T.axis.opaque(row_tiles * TILE, f % row_tiles * TILE + ri)
-                    vc = T.axis.opaque(col_tiles * TILE, ct * TILE + ci)
-                    T.where(f % row_tiles * TILE + ri < rows and ct * TILE + ci < cols)
-                    T.reads(x[vb, vr, vc])
-                    T.writes(y[vb, vc, vr])
-                    y[vb, vc, vr] = x[vb, vr, vc]
-
-    return transpose.with_attr(KERNEL_ATTRS)

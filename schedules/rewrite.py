@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import bsr, conv, conv_depthwise, cuda
+from . import bsr, conv, conv_depthwise, conv_nchw, cuda
 from .choose import Chooser, rule_chooser, weight_digest
 from .cpu import NO_EPILOGUE, CpuInfo, Epilogue, cpu_info, is_llvm_cpu
 from .kernels import make_kernel
@@ -340,25 +340,22 @@ class _MatmulRewriter(relax.PyExprMutator):
             return self._depthwise(call.args[0], shape, weight, fusion)
         b, o, ho, wo = shape.batch, shape.out_channels, shape.out_height, shape.out_width
         x = call.args[0]
-        if shape.pointwise and shape.layout == "NHWC":  # x [B, H, W, C] is x [B*H*W, C]
+        if shape.layout == "NCHW":  # y[b] = W · X[b]: x as it lies (1x1) or colsT, no transposes
+            if shape.pointwise:
+                cols = relax.op.reshape(x, (b, shape.channels, ho * wo))
+            else:
+                cols = self._layout_call(f"im2col_t_{'x'.join(map(str, _conv_key(shape)))}",
+                                         lambda: conv_nchw.im2col_t_func(shape), [x], (b, weight.shape[1], ho * wo))
+            y = self._kernel_call(self.builder_.emit(cols), shape.pixels, weight, shape.op, fusion,
+                                  nchw=(b, ho * wo))
+            return relax.op.reshape(self.builder_.emit(y), (b, o, ho, wo))
+        if shape.pointwise:  # NHWC x [B, H, W, C] is x [B*H*W, C]
             rows = relax.op.reshape(x, (shape.pixels, shape.channels))
-        elif shape.pointwise and ho * wo == 1:  # [B, C, 1, 1] is already [B, C]
-            rows = relax.op.reshape(x, (b, shape.channels))
-        elif shape.pointwise:
-            x3 = self.builder_.emit(relax.op.reshape(x, (b, shape.channels, ho * wo)))
-            rows = relax.op.reshape(self.builder_.emit(self._transpose(x3, b, shape.channels, ho * wo)),
-                                    (shape.pixels, shape.channels))
         else:
             rows = self._layout_call(f"im2col_{shape.layout}_{'x'.join(map(str, _conv_key(shape)))}",
                                      lambda: conv.im2col_func(shape), [x], (shape.pixels, weight.shape[1]))
         y2 = self.builder_.emit(self._kernel_call(self.builder_.emit(rows), shape.pixels, weight, shape.op, fusion))
-        if shape.layout == "NHWC":
-            return relax.op.reshape(y2, (b, ho, wo, o))
-        if ho * wo == 1:
-            return relax.op.reshape(y2, (b, o, 1, 1))
-        y3 = self.builder_.emit(relax.op.reshape(y2, (b, ho * wo, o)))
-        yt = self.builder_.emit(self._transpose(y3, b, ho * wo, o))
-        return relax.op.reshape(yt, (b, o, ho, wo))
+        return relax.op.reshape(y2, (b, ho, wo, o))
 
     def _depthwise(self, x: relax.Expr, shape: conv.ConvShape, weight: np.ndarray, fusion: _Fusion) -> relax.Expr:
         """call_tir of our direct depthwise kernel (NCHW; NHWC stays with TVM, see `conv_depthwise`), recorded
@@ -383,11 +380,6 @@ class _MatmulRewriter(relax.PyExprMutator):
             gvar = self.shared_kernels[name] = self.builder_.add_func(make(), name)
         return relax.call_tir(gvar, args, out_ty=relax.TensorType(out_shape, "float32"))
 
-    def _transpose(self, x: relax.Expr, batch: int, rows: int, cols: int) -> relax.Expr:
-        """call_tir of our tiled transpose [batch, rows, cols] -> [batch, cols, rows] (one PrimFunc per shape)."""
-        return self._layout_call(f"transpose_{batch}x{rows}x{cols}", lambda: conv.transpose_func(batch, rows, cols),
-                                 [x], (batch, cols, rows))
-
     def _constant_weight(self, arg: relax.Expr) -> np.ndarray | None:
         """W as a [N, K] array if `arg` is W^T: a 2-D [K, N] constant or permute_dims(W)."""
         transposed = False
@@ -406,14 +398,23 @@ class _MatmulRewriter(relax.PyExprMutator):
             return None
         return np.ascontiguousarray(value if transposed else value.T)
 
-    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str, fusion: _Fusion) -> relax.Expr:
-        """call_tir of the chosen kernel on x [M, K] -> [M, N], with `fusion`'s bias and ReLU; records the layer."""
+    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str, fusion: _Fusion, *,
+                     nchw: tuple[int, int] | None = None) -> relax.Expr:
+        """call_tir of the chosen kernel on x [M, K] -> [M, N], with `fusion`'s bias and ReLU; records the layer.
+
+        With ``nchw = (B, P)`` (an NCHW conv, M = B*P): the `conv_nchw` kernel for the same choice instead,
+        X[B, K, P] -> y[B, N, P].
+        """
         n, k = weight.shape
+        out_shape = (m, n) if nchw is None else (nchw[0], n, nchw[1])
         candidate, info = self.chooser(weight, m, self.cpu)
         if self.survey_only:  # the chooser has seen the layer; nothing is built (a placeholder of the right type)
-            return relax.op.zeros((m, n), "float32")
+            return relax.op.zeros(out_shape, "float32")
         ep = fusion.ep
-        impl = make_kernel(candidate, weight, m, self.cpu, ep)
+        if nchw is None:
+            impl = make_kernel(candidate, weight, m, self.cpu, ep)
+        else:
+            impl = conv_nchw.make_kernel(candidate, weight, *nchw, self.cpu, ep)
         # one PrimFunc per distinct dense kernel (the weight is an argument); sparse kernels are
         # specialised to their number of stored blocks, so each layer gets its own
         gvar = self.shared_kernels.get(impl.name) if impl.kind == "dense" else None
@@ -425,7 +426,7 @@ class _MatmulRewriter(relax.PyExprMutator):
         self._record(weight, m, impl.kind, list(impl.block) if impl.block else None, impl.nnz_blocks,
                      impl.weight_bytes, op=op, epilogue=fusion.label, **info)
         self._absorb(fusion)
-        return relax.call_tir(gvar, args, out_ty=relax.TensorType((m, n), "float32"))
+        return relax.call_tir(gvar, args, out_ty=relax.TensorType(out_shape, "float32"))
 
     def _record(self, weight, batch, kernel, block, nnz_blocks, weight_bytes, *, op="matmul", choice="none",
                 alternatives_us=None, rule=None, cached=None, measured_on=None, epilogue=None) -> None:
