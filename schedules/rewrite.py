@@ -173,15 +173,16 @@ class _Fusion:
 
     @property
     def label(self) -> str | None:
-        """The record's ``epilogue``: "bias", "relu", "bias+relu" or None."""
-        return "+".join(part for part, on in (("bias", self.ep.bias), ("relu", self.ep.relu)) if on) or None
+        """The record's ``epilogue``: "bias", "relu", "bias+relu", "bias+relu6", ... or None."""
+        return "+".join(part for part in (("bias" if self.ep.bias else None), self.ep.activation) if part) or None
 
 
 NO_FUSION = _Fusion(NO_EPILOGUE, None, ())
 
 
 def _fusions(func: relax.Function, uses: Counter) -> dict[relax.Call, _Fusion]:
-    """For each matmul / conv2d call of `func`: the bias add and ReLU right after it that its kernel can apply.
+    """For each matmul / conv2d call of `func`: the bias add, ReLU and clip (ReLU6) right after it that its kernel
+    can apply.
 
     Looked up before the rewrite so each layer's kernel is emitted once, epilogue and all (a 3-D matmul's
     output is reshaped and a conv's transposed after the kernel, so the add cannot be folded in afterwards).
@@ -194,9 +195,10 @@ def _fusions(func: relax.Function, uses: Counter) -> dict[relax.Call, _Fusion]:
     reader: dict[relax.Var, relax.Call] = {}
     for binding in bindings:
         if isinstance(binding.value, relax.Call):
-            for arg in binding.value.args:
-                if isinstance(arg, relax.Var) and uses[arg] == 1:
-                    reader[arg] = binding
+            for arg in binding.value.args:  # a call_tir's arguments are a tuple
+                for value in arg.fields if isinstance(arg, relax.Tuple) else [arg]:
+                    if isinstance(value, relax.Var) and uses[value] == 1:
+                        reader[value] = binding
     out: dict[relax.Call, _Fusion] = {}
     for binding in bindings:
         call = binding.value
@@ -222,12 +224,35 @@ def _fusions(func: relax.Function, uses: Counter) -> dict[relax.Call, _Fusion]:
                 ep, var = replace(ep, bias=True), step.var
                 absorbed.append((step.value, 1 - pos))
                 step = reader.get(var)
-        if step is not None and _is_op(step.value, "relax.nn.relu"):
-            ep = replace(ep, relu=True)
+        relu = step is not None and (_is_op(step.value, "relax.nn.relu")
+                                     or _clip_bound(step.value, "maximum", value_of) == 0.0)
+        if relu:
+            ep, var = replace(ep, relu=True), step.var
+            absorbed.append((step.value, 0))
+            step = reader.get(var)
+        ceiling = _clip_bound(step.value, "minimum", value_of) if step is not None else None
+        if ceiling is not None:
+            ep = replace(ep, ceiling=ceiling)
             absorbed.append((step.value, 0))
         if absorbed:
             out[call] = _Fusion(ep, bias, tuple(absorbed))
     return out
+
+
+def _clip_bound(expr: relax.Expr, kind: str, value_of: dict) -> float | None:
+    """c if `expr` is ``call_tir(<kind>..., (y, bound))`` with bound = ``where(isnan(c), ±inf, c)`` -- how the ONNX
+    importer writes Clip(min, max), each side elementwise ``maximum`` / ``minimum`` against a scalar -- else None.
+    The PrimFunc is recognised by the name the importer gives it; `value_of` maps variables to their values."""
+    if not (_is_op(expr, "relax.call_tir") and expr.args[0].name_hint.startswith(kind)):
+        return None
+    fields = expr.args[1].fields if isinstance(expr.args[1], relax.Tuple) else []
+    bound = value_of.get(fields[1]) if len(fields) == 2 else None
+    if not (_is_op(bound, "relax.where") and isinstance(bound.args[2], tvm.ir.GenericConst)):
+        return None
+    value = bound.args[2].value.numpy()
+    if value.shape != () or not np.isfinite(value):
+        return None
+    return float(value)
 
 
 def _is_op(expr: relax.Expr, name: str) -> bool:
@@ -276,7 +301,7 @@ class _MatmulRewriter(relax.PyExprMutator):
         fusion = self.fusions.get(call, NO_FUSION)
         call = self.visit_expr_post_order(call)
         if position is not None:  # the kernel before it already added the bias / applied the ReLU
-            return call.args[position]
+            return call.args[1].fields[position] if _is_op(call, "relax.call_tir") else call.args[position]
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
         if name == "relax.matmul":
             return self._rewrite_matmul(call, fusion)

@@ -174,3 +174,23 @@ def test_bias_broadcast_along_width_is_not_fused():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     records = _check(model, rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
     assert records[0]["epilogue"] is None
+
+
+def test_depthwise_and_pointwise_relu6_fused():
+    """Conv -> Clip(0, 6) (ReLU6, MobileNet) on a depthwise and a 1x1 conv: the clip moves into both kernels."""
+    rng = np.random.default_rng(9)
+    ws = {"w0": rng.standard_normal((8, 1, 3, 3)), "b0": rng.standard_normal(8),
+          "w1": rng.standard_normal((16, 8, 1, 1)), "b1": rng.standard_normal(16)}
+    lo, hi = np.array(0.0, np.float32), np.array(6.0, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4,
+                              group=8),
+             helper.make_node("Clip", ["a", "lo", "hi"], ["b"]),
+             helper.make_node("Conv", ["b", "w1", "b1"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in ws.items()]
+    inits += [numpy_helper.from_array(lo, "lo"), numpy_helper.from_array(hi, "hi")]
+    graph = helper.make_graph(nodes, "mb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 11, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    records = _check(model, 3 * rng.standard_normal((1, 8, 11, 10)).astype(np.float32))
+    assert [(r["op"], r["epilogue"]) for r in records] == [("depthwise3x3/s2", "bias+relu6"), ("conv1x1", "bias+relu6")]
