@@ -5,16 +5,18 @@ Forms matched (as `relax.frontend.onnx.from_onnx` and torch.export emit them, fp
 * ONNX Gemm(transB=1), torch linear: ``matmul(x, permute_dims(W))`` with W a [N, K] constant;
 * ONNX MatMul with an initializer: ``matmul(x, W)`` with W a [K, N] constant;
 * ``nn.conv2d`` with a constant weight, NCHW or NHWC, one group, any kernel size, stride, padding and
-  dilation: im2col, then the matmul kernels on the weight as [O, C*kh*kw], then (NCHW) a transpose back
-  (see `schedules.conv`; a 1x1 stride-1 conv needs no im2col);
+  dilation, as a matmul with the weight viewed as [O, C*kh*kw]: NCHW as y[b] = W · colsT[b] by the
+  `schedules.conv_nchw` kernels (dense or BSR, whichever the chooser picks for that [O, K] weight and
+  batch B*Ho*Wo), NHWC as im2col then our matmul kernels (see `schedules.conv`; a 1x1 stride-1 conv
+  needs no im2col in either layout);
 * depthwise ``nn.conv2d`` (groups == C == O), NCHW: our direct kernel (`schedules.conv_depthwise`).
   Other grouped convs stay with TVM.
 
 x may be [M, K] or [..., K]; leading dimensions are flattened into the batch around the kernel.
 When a layer's output feeds only ``add(y, b)`` with a constant b that varies along the output
 channel only ([N] or [1, N] for a matmul, [1, O, 1, 1] for an NCHW conv, possibly a reshape of a
-constant), and then possibly only ``nn.relu``, the bias and ReLU move into the kernel's final
-store (the record's ``epilogue`` says so). The weight is replaced by its packed (dense) or
+constant), and then possibly only ``nn.relu`` and / or a clip (ONNX Clip, e.g. ReLU6), these move
+into the kernel's final store (the record's ``epilogue`` says so), for 2-D, 3-D and conv layers alike. The weight is replaced by its packed (dense) or
 compressed (BSR, N:M) arrays as Relax constants, so the exported library stores only those.
 """
 
@@ -63,7 +65,7 @@ class LayerRecord:
             "conv3x3 (grouped)" (left to TVM), ...; for a conv, shape is [O, I*kh*kw] and batch is
             B*Ho*Wo, the matmul it became. "conv" is a conv2d whose layout our kernels do not take.
             A depthwise conv's kernel is "dense" (our direct kernel, choice "rule").
-        epilogue: what was fused into the kernel's store: "bias", "relu", "bias+relu" or None.
+        epilogue: what was fused into the kernel's store: "bias", "relu", "bias+relu", "bias+relu6", ... or None.
         weight: the name the weight had in the source model (its ONNX initializer), the stable key that joins
             this record to the pruning record of the same layer; None when the caller gave no names.
         measured_on: for "measured", the device whose timings decided (as the kernel plan names it).
@@ -161,10 +163,11 @@ class _Fusion:
     """What follows a layer's output and can move into its kernel's final store.
 
     Attributes:
-        ep: the epilogue (bias, ReLU) the kernel applies.
+        ep: the epilogue (bias, ReLU, clip ceiling) the kernel applies.
         bias: the bias as [N] float32 when ``ep.bias``, else None.
-        absorbed: the calls (the bias add, the ReLU) whose work the epilogue does, each with the position of the
-            argument that carries the layer's output: the rewrite replaces each by that argument.
+        absorbed: the calls (bias add, ReLU, clip) whose work the epilogue does, each with the position of the
+            argument that carries the layer's output (among a call_tir's tensor arguments): the rewrite replaces
+            each by that argument.
     """
 
     ep: Epilogue
@@ -184,8 +187,8 @@ def _fusions(func: relax.Function, uses: Counter) -> dict[relax.Call, _Fusion]:
     """For each matmul / conv2d call of `func`: the bias add, ReLU and clip (ReLU6) right after it that its kernel
     can apply.
 
-    Looked up before the rewrite so each layer's kernel is emitted once, epilogue and all (a 3-D matmul's
-    output is reshaped and a conv's transposed after the kernel, so the add cannot be folded in afterwards).
+    Looked up before the rewrite so each layer's kernel is emitted once, epilogue and all (a 3-D matmul's or a
+    conv's output is reshaped after the kernel, so the add could not be folded in afterwards).
     A step moves only if the value before it is read by that step alone. The bias must be a constant (or the
     reshape of one, as the ONNX importer writes a conv's bias) that varies along the channel axis only: the
     last axis, or axis 1 of an NCHW conv output.
@@ -293,14 +296,14 @@ class _MatmulRewriter(relax.PyExprMutator):
         self.shared_kernels: dict[str, relax.GlobalVar] = {}  # dense and layout kernels, by name
         self.uses: Counter = Counter()
         self.fusions: dict[relax.Call, _Fusion] = {}  # per layer call of the function being rewritten
-        # bias adds and ReLUs a kernel's epilogue now does -> the argument position of the layer's output
+        # bias adds, ReLUs and clips a kernel's epilogue now does -> the argument position of the layer's output
         self.absorbed: dict[relax.Call, int] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         position = self.absorbed.get(call)
         fusion = self.fusions.get(call, NO_FUSION)
         call = self.visit_expr_post_order(call)
-        if position is not None:  # the kernel before it already added the bias / applied the ReLU
+        if position is not None:  # the kernel before it already added the bias / applied the ReLU or clip
             return call.args[1].fields[position] if _is_op(call, "relax.call_tir") else call.args[position]
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
         if name == "relax.matmul":
@@ -310,7 +313,7 @@ class _MatmulRewriter(relax.PyExprMutator):
         return call
 
     def _absorb(self, fusion: _Fusion) -> None:
-        """The kernel just emitted applies `fusion`: its bias add and ReLU become the value they were given."""
+        """The kernel just emitted applies `fusion`: its bias add, ReLU and clip become the value they were given."""
         self.absorbed.update(dict(fusion.absorbed))
 
     def _served(self, weight: np.ndarray, x_shape: list[int] | None, call: relax.Call) -> bool:
@@ -342,8 +345,9 @@ class _MatmulRewriter(relax.PyExprMutator):
         return out
 
     def _rewrite_conv(self, call: relax.Call, fusion: _Fusion) -> relax.Expr:
-        """A conv2d with a constant weight -> im2col (or a transpose, or nothing, for 1x1) + our matmul kernels,
-        or our depthwise kernel. Grouped convs, other layouts and non-CPU targets stay with TVM (recorded)."""
+        """A conv2d with a constant weight -> our NCHW conv kernels (on colsT, or on x itself for 1x1), im2col + our
+        matmul kernels (NHWC), or our depthwise kernel. Other grouped convs, other layouts and non-CPU targets stay
+        with TVM (recorded)."""
         arg = call.args[1]
         if not (isinstance(arg, tvm.ir.GenericConst) and isinstance(arg.ty, relax.TensorType)):
             return call
@@ -355,7 +359,7 @@ class _MatmulRewriter(relax.PyExprMutator):
                 self._record(value.reshape(value.shape[0], -1), None, "default", None, 0, value.nbytes, op="conv")
             return call
         weight = conv.weight_matrix(call.attrs, value)
-        on_cpu = isinstance(self.cpu, CpuInfo)  # im2col, the transposes and the depthwise kernel are CPU kernels
+        on_cpu = isinstance(self.cpu, CpuInfo)  # the conv kernels and im2col are CPU kernels
         ours = shape.groups == 1 or (shape.depthwise and shape.layout == "NCHW")
         if not on_cpu or not ours or not self._served(weight, x_shape, call):
             self._record(weight, shape.pixels, "default", None, 0, value.nbytes, op=shape.op)
@@ -387,10 +391,10 @@ class _MatmulRewriter(relax.PyExprMutator):
         as a dense layer whose kernel the rule chose (there is one kernel, nothing to time)."""
         o = shape.out_channels
         out_shape = (shape.batch, o, shape.out_height, shape.out_width)
+        if self.survey_only:  # nothing to choose: the kernel survey has no business here
+            return relax.op.zeros(out_shape, "float32")
         self._record(weight, shape.pixels, "dense", None, 0, weight.nbytes, op=shape.op, choice="rule",
                      rule="depthwise: direct kernel", epilogue=fusion.label)
-        if self.survey_only:
-            return relax.op.zeros(out_shape, "float32")
         self._absorb(fusion)
         func = conv_depthwise.depthwise_func(shape, self.cpu, fusion.ep)
         gvar = self.builder_.add_func(func, f"depthwise_{'x'.join(map(str, _conv_key(shape)))}{fusion.ep.suffix}")

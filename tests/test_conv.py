@@ -194,3 +194,28 @@ def test_depthwise_and_pointwise_relu6_fused():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     records = _check(model, 3 * rng.standard_normal((1, 8, 11, 10)).astype(np.float32))
     assert [(r["op"], r["epilogue"]) for r in records] == [("depthwise3x3/s2", "bias+relu6"), ("conv1x1", "bias+relu6")]
+
+
+def test_survey_sees_convs_and_records_carry_weight_names():
+    """The kernel survey is asked about every conv's [O, C*kh*kw] weight at batch B*Ho*Wo (the depthwise kernel
+    has no alternatives: not surveyed), and records are joined to initializer names by that view."""
+    from harness.compile.tvm_adapter import weight_names
+    from schedules.choose import SurveyChooser
+
+    rng = np.random.default_rng(10)
+    ws = {"stem": rng.standard_normal((8, 3, 3, 3)), "dw": rng.standard_normal((8, 1, 3, 3)),
+          "pw": rng.standard_normal((16, 8, 1, 1))}
+    nodes = [helper.make_node("Conv", ["x", "stem"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("Conv", ["a", "dw"], ["b"], kernel_shape=[3, 3], pads=[1] * 4, group=8),
+             helper.make_node("Conv", ["b", "pw"], ["y"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in ws.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod = from_onnx(model, keep_params_in_input=False)
+    survey = SurveyChooser()
+    rewrite_module(mod, tvm.target.Target(AVX2), chooser=survey, survey_only=True)
+    assert [(list(w.shape), m) for w, m, _ in survey.layers.values()] == [([8, 27], 32), ([16, 8], 32)]
+    _, records = rewrite_module(mod, tvm.target.Target(AVX2), names=weight_names(model))
+    assert [(r["weight"], r["op"]) for r in records] == [("stem", "conv3x3/s2"), ("dw", "depthwise3x3"),
+                                                        ("pw", "conv1x1")]
