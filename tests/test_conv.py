@@ -219,3 +219,29 @@ def test_survey_sees_convs_and_records_carry_weight_names():
     _, records = rewrite_module(mod, tvm.target.Target(AVX2), names=weight_names(model))
     assert [(r["weight"], r["op"]) for r in records] == [("stem", "conv3x3/s2"), ("dw", "depthwise3x3"),
                                                         ("pw", "conv1x1")]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+def test_nhwc_conv3x3_strided(sparsity):
+    """NHWC (OHWI kernel), 3x3 stride 2: im2col rows + our matmul kernels, output straight in NHWC."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    w2 = prune_matrix(rng.standard_normal((16, 8 * 9)).astype(np.float32), sparsity, (8, 1))
+    w_oihw = w2.reshape(16, 8, 3, 3)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 9, 7, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(np.ascontiguousarray(w_oihw.transpose(0, 2, 3, 1))),
+                                           strides=2, padding=1, data_layout="NHWC", kernel_layout="OHWI"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    new_mod, records = rewrite_module(bb.get(), tvm.target.Target(AVX2))
+    assert [(r["op"], r["kernel"], r["shape"], r["batch"]) for r in records] == [
+        ("conv3x3/s2", "bsr" if sparsity else "dense", [16, 72], 2 * 5 * 4)]
+    xv = rng.standard_normal((2, 9, 7, 8)).astype(np.float32)
+    vm = relax.VirtualMachine(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(xv)).numpy()
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xv.transpose(0, 3, 1, 2)), torch.from_numpy(w_oihw), stride=2,
+                                     padding=1).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
