@@ -67,6 +67,7 @@ CASES = [  # (x shape, O, kernel, stride, pad, dilation, op name)
     ([1, 4, 6, 6], 5, 3, 1, 0, 1, "conv3x3"),
     ([1, 4, 9, 9], 5, 3, 1, 2, 2, "conv3x3/d2"),
     ([4, 16, 5, 5], 24, 1, 1, 0, 1, "conv1x1"),
+    ([1, 3, 8, 8], 4, 2, 2, 0, 1, "conv2x2/s2"),  # a patch embedding: colsT has as many elements as x
 ]
 
 
