@@ -64,7 +64,8 @@ KERNEL_ATTRS = {"tirx.is_scheduled": True, "op_pattern": 8}
 
 @dataclass(frozen=True)
 class Epilogue:
-    """What a kernel does to each output before storing it: ``+ bias[col]`` then ``max(., 0)``.
+    """What a kernel does to each output before storing it: ``+ bias[col]``, then ``max(., 0)``, then
+    ``min(., ceiling)`` (ReLU6 is relu with ceiling 6, as ONNX Clip(0, 6) arrives).
 
     With ``bias`` the kernel takes one more argument, bias [N] float32, between its weight arrays
     and y. Fusing these into the final store saves a pass over y (and TVM's default pipeline
@@ -73,11 +74,19 @@ class Epilogue:
 
     bias: bool = False
     relu: bool = False
+    ceiling: float | None = None
+
+    @property
+    def activation(self) -> str | None:
+        """"relu", "relu6" (relu, ceiling 6), "relu+min<c>", "min<c>" or None."""
+        parts = (["relu6"] if self.relu and self.ceiling == 6.0 else
+                 (["relu"] if self.relu else []) + ([f"min{self.ceiling:g}"] if self.ceiling is not None else []))
+        return "+".join(parts) or None
 
     @property
     def suffix(self) -> str:
-        """Kernel-name suffix: "", "_bias", "_relu" or "_bias_relu"."""
-        return ("_bias" if self.bias else "") + ("_relu" if self.relu else "")
+        """Kernel-name suffix: "", "_bias", "_relu", "_bias_relu6", ..."""
+        return ("_bias" if self.bias else "") + ("_" + self.activation.replace("+", "_") if self.activation else "")
 
 
 NO_EPILOGUE = Epilogue()
@@ -91,6 +100,8 @@ def epilogue(ep: Epilogue, value, bias, col):
         value = value + bias[col]
     if ep.relu:
         value = T.max(value, T.float32(0))
+    if ep.ceiling is not None:
+        value = T.min(value, T.float32(ep.ceiling))
     return value
 
 
