@@ -473,16 +473,24 @@ def test_rewrite_conv1x1_nhwc():
     np.testing.assert_allclose(out, np.einsum("oc,bhwc->bhwo", w2, xv), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("attrs", [{"strides": [2, 2]}, {"pads": [1, 1, 1, 1]}, {"kernel_shape": [3, 3]}])
-def test_rewrite_leaves_other_convs_alone(attrs):
+@needs_avx2
+@pytest.mark.parametrize("attrs, op", [({"strides": [2, 2]}, "conv1x1/s2"), ({"pads": [1, 1, 1, 1]}, "conv1x1"),
+                                       ({"kernel_shape": [3, 3]}, "conv3x3")])
+def test_rewrite_takes_strided_padded_and_3x3_convs(attrs, op):
+    """Convs beyond the plain 1x1 get our kernels too (issue 9; tests/test_conv.py covers the geometry), named by
+    their window and stride, and compute what onnxruntime computes."""
+    ort = pytest.importorskip("onnxruntime")
     rng = np.random.default_rng(13)
     kh = attrs.get("kernel_shape", [1, 1])[0]
     w = rng.standard_normal((8, 4, kh, kh)).astype(np.float32)
     model = _conv_onnx([1, 4, 6, 6], w, np.zeros(8, np.float32), **attrs)
     mod = from_onnx(model, keep_params_in_input=False)
     new_mod, records = rewrite_module(mod, tvm.target.Target(AVX2))
-    assert new_mod.same_as(mod)
-    assert [(r["op"], r["kernel"], r["shape"]) for r in records] == [("conv", "default", [8, 4 * kh * kh])]
+    assert [(r["op"], r["kernel"], r["shape"]) for r in records] == [(op, "dense", [8, 4 * kh * kh])]
+    xv = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    out = _run_vm(tvm.compile(new_mod, target=tvm.target.Target(AVX2)), xv)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": xv})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_rewrite_other_gpu_targets_return_module_unchanged():
