@@ -21,26 +21,35 @@ from .kernels import Candidate, make_kernel
 TIMING_VALUE = 0.5
 
 
-def timing_bundle(kernels: Sequence[tuple[str, Candidate, np.ndarray, int]], cpu: CpuInfo,
+def timing_bundle(kernels: Sequence[tuple], cpu: CpuInfo,
                   seed: int = 0) -> tuple[tvm.IRModule, dict[str, np.ndarray], list[dict]]:
-    """``kernels``: (id, candidate, weight [N, K], batch M). Returns the module (one public function per id, named
-    ``t_<id>``), the arrays by name, and one spec per kernel for the timer job:
-    ``{"id", "func", "args": [array names], "out": [[M, N], "float32"]}``."""
+    """``kernels``: (id, candidate, weight [N, K], batch M[, conv]) -- with ``conv = (B, P)`` (an NCHW conv, M = B*P)
+    the kernel the rewrite emits for it, `conv_nchw`'s, on x [B, K, P]. Returns the module (one public function per
+    id, named ``t_<id>``), the arrays by name, and one spec per kernel for the timer job:
+    ``{"id", "func", "args": [array names], "out": [[M, N] or [B, N, P], "float32"]}``."""
+    from . import conv_nchw
+
     rng = np.random.default_rng(seed)
     funcs: dict[str, tvm.tirx.PrimFunc] = {}
     arrays: dict[str, np.ndarray] = {}
     specs = []
-    for kid, candidate, weight, m in kernels:
+    for kid, candidate, weight, m, *rest in kernels:
+        conv = rest[0] if rest else None
         n, k = weight.shape
-        impl = make_kernel(candidate, weight, m, cpu)
+        if conv is None:
+            impl = make_kernel(candidate, weight, m, cpu)
+            x_shape, out_shape = (m, k), [m, n]
+        else:
+            impl = conv_nchw.make_kernel(candidate, weight, conv[0], conv[1], cpu)
+            x_shape, out_shape = (conv[0], k, conv[1]), [conv[0], n, conv[1]]
         name = f"t_{kid}"
         funcs[name] = impl.func.with_attr("global_symbol", name)
-        x = f"x_{m}x{k}"
+        x = "x_" + "x".join(map(str, x_shape))
         if x not in arrays:
-            arrays[x] = rng.standard_normal((m, k)).astype(np.float32)
+            arrays[x] = rng.standard_normal(x_shape).astype(np.float32)
         args = [x]
         for j, const in enumerate(impl.consts):
             arrays[f"{kid}_{j}"] = np.full_like(const, TIMING_VALUE) if const.dtype.kind == "f" else const
             args.append(f"{kid}_{j}")
-        specs.append({"id": kid, "func": name, "args": args, "out": [[m, n], "float32"]})
+        specs.append({"id": kid, "func": name, "args": args, "out": [out_shape, "float32"]})
     return tvm.IRModule(funcs), arrays, specs

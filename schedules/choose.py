@@ -45,16 +45,21 @@ def pattern_digest(weight: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def layer_key(weight: np.ndarray, m: int, *, pattern: str | None = None) -> str:
-    """What identifies a layer for kernel choice: [N, K], batch M and the nonzero pattern."""
-    return hashlib.sha256(f"layer:{m}:{pattern or pattern_digest(weight)}".encode()).hexdigest()[:32]
+def layer_key(weight: np.ndarray, m: int, *, pattern: str | None = None, conv: tuple[int, int] | None = None) -> str:
+    """What identifies a layer for kernel choice: [N, K], batch M, the nonzero pattern and, for an NCHW conv, its
+    (images, pixels) -- a different kernel (`conv_nchw`) runs it than a matmul of the same M."""
+    where = "" if conv is None else f":conv{conv[0]}x{conv[1]}"
+    return hashlib.sha256(f"layer:{m}{where}:{pattern or pattern_digest(weight)}".encode()).hexdigest()[:32]
 
 
-def kernel_key(candidate: Candidate, weight: np.ndarray, m: int, *, pattern: str | None = None) -> str:
-    """What identifies one candidate kernel's timing: the kernel, the shape and batch, and -- for sparse kernels --
-    the nonzero pattern (a dense kernel's time depends on the shape alone)."""
+def kernel_key(candidate: Candidate, weight: np.ndarray, m: int, *, pattern: str | None = None,
+               conv: tuple[int, int] | None = None) -> str:
+    """What identifies one candidate kernel's timing: the kernel, the shape and batch (and an NCHW conv's
+    (images, pixels)), and -- for sparse kernels -- the nonzero pattern (a dense kernel's time depends on the
+    shape alone)."""
     what = f"{weight.shape}" if candidate[0] == "dense" else (pattern or pattern_digest(weight))
-    return hashlib.sha256(f"kernel:{label(candidate)}:{m}:{what}".encode()).hexdigest()[:32]
+    where = "" if conv is None else f":conv{conv[0]}x{conv[1]}"
+    return hashlib.sha256(f"kernel:{label(candidate)}:{m}{where}:{what}".encode()).hexdigest()[:32]
 
 
 def rule_chooser(sparse_min: float = 0.5) -> Chooser:
@@ -66,7 +71,7 @@ def rule_chooser(sparse_min: float = 0.5) -> Chooser:
     kernel beats dense at 50 % zeros where CSR's indices cost more than they save.
     """
 
-    def choose(weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None) -> tuple[Candidate, dict]:
+    def choose(weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None, conv=None) -> tuple[Candidate, dict]:
         density = bsr.density(weight)
         block = bsr.choose_block(weight) if density < 1.0 else None
         # (no N:M kernel on CUDA: such a weight takes the BSR/dense rule there)
@@ -91,8 +96,9 @@ class PlanChooser:
         self.fallback = fallback or rule_chooser()
         self.missing = missing
 
-    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None) -> tuple[Candidate, dict]:
-        hit = self.table.get(layer_key(weight, m))
+    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None,
+                 conv: tuple[int, int] | None = None) -> tuple[Candidate, dict]:
+        hit = self.table.get(layer_key(weight, m, conv=conv))
         if hit is not None:
             return hit[0], dict(hit[1])
         candidate, info = self.fallback(weight, m, cpu)
@@ -101,14 +107,16 @@ class PlanChooser:
 
 class SurveyChooser:
     """Records every (weight, batch) the rewrite asks about -- the layers a plan must cover -- and answers with the
-    rule so the rewrite can go on. ``layers``: ``{layer_key: (weight, m, cpu)}`` in program order."""
+    rule so the rewrite can go on. ``layers``: ``{layer_key: (weight, m, cpu, conv)}`` in program order (``conv``:
+    an NCHW conv's (images, pixels), else None)."""
 
     def __init__(self, fallback: Chooser | None = None):
         self.fallback = fallback or rule_chooser()
-        self.layers: dict[str, tuple[np.ndarray, int, CpuInfo | GpuInfo | None]] = {}
+        self.layers: dict[str, tuple] = {}
 
-    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None) -> tuple[Candidate, dict]:
-        self.layers.setdefault(layer_key(weight, m), (weight, m, cpu))
+    def __call__(self, weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None,
+                 conv: tuple[int, int] | None = None) -> tuple[Candidate, dict]:
+        self.layers.setdefault(layer_key(weight, m, conv=conv), (weight, m, cpu, conv))
         return self.fallback(weight, m, cpu)
 
 

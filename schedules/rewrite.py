@@ -436,7 +436,8 @@ class _MatmulRewriter(relax.PyExprMutator):
         """
         n, k = weight.shape
         out_shape = (m, n) if nchw is None else (nchw[0], n, nchw[1])
-        candidate, info = self.chooser(weight, m, self.cpu)
+        # an NCHW conv runs `conv_nchw`'s kernel: the chooser keys (and the selection step times) that one
+        candidate, info = self.chooser(weight, m, self.cpu, *(() if nchw is None else (tuple(nchw),)))
         if self.survey_only:  # the chooser has seen the layer; nothing is built (a placeholder of the right type)
             return relax.op.zeros(out_shape, "float32")
         ep = fusion.ep

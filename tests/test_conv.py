@@ -198,8 +198,9 @@ def test_depthwise_and_pointwise_relu6_fused():
 
 
 def test_survey_sees_convs_and_records_carry_weight_names():
-    """The kernel survey is asked about every conv's [O, C*kh*kw] weight at batch B*Ho*Wo (the depthwise kernel
-    has no alternatives: not surveyed), and records are joined to initializer names by that view."""
+    """The kernel survey is asked about every conv's [O, C*kh*kw] weight at batch B*Ho*Wo, with its (B, Ho*Wo)
+    (the depthwise kernel has no alternatives: not surveyed), and records are joined to initializer names by that
+    view."""
     from harness.compile.tvm_adapter import weight_names
     from schedules.choose import SurveyChooser
 
@@ -216,7 +217,9 @@ def test_survey_sees_convs_and_records_carry_weight_names():
     mod = from_onnx(model, keep_params_in_input=False)
     survey = SurveyChooser()
     rewrite_module(mod, tvm.target.Target(AVX2), chooser=survey, survey_only=True)
-    assert [(list(w.shape), m) for w, m, _ in survey.layers.values()] == [([8, 27], 32), ([16, 8], 32)]
+    # with each conv's (images, pixels): the selection step times the conv_nchw kernel the rewrite will emit
+    assert [(list(w.shape), m, conv) for w, m, _, conv in survey.layers.values()] == [([8, 27], 32, (2, 16)),
+                                                                                      ([16, 8], 32, (2, 16))]
     _, records = rewrite_module(mod, tvm.target.Target(AVX2), names=weight_names(model))
     assert [(r["weight"], r["op"]) for r in records] == [("stem", "conv3x3/s2"), ("dw", "depthwise3x3"),
                                                         ("pw", "conv1x1")]
@@ -246,3 +249,26 @@ def test_nhwc_conv3x3_strided(sparsity):
     ref = torch.nn.functional.conv2d(torch.from_numpy(xv.transpose(0, 3, 1, 2)), torch.from_numpy(w_oihw), stride=2,
                                      padding=1).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_selection_times_the_conv_kernel_that_runs(tmp_path):
+    """The timing bundle of an NCHW conv layer holds conv_nchw's kernel on x [B, K, P] (not the row-major matmul of
+    the same M), and it computes the conv's GEMM."""
+    from schedules.bundle import timing_bundle
+    from schedules.cpu import cpu_info
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((16, 27)).astype(np.float32)
+    w[:, ::3] = 0
+    cpu = cpu_info(tvm.target.Target(AVX2))
+    mod, arrays, specs = timing_bundle([("a", ("dense", None), w, 32, (2, 16)), ("b", ("bsr", (16, 1)), w, 32,
+                                                                              (2, 16))], cpu)
+    assert [s["out"] for s in specs] == [[[2, 16, 16], "float32"]] * 2 and arrays[specs[0]["args"][0]].shape == (2, 27, 16)
+    lib = tvm.compile(mod, target=tvm.target.Target(AVX2))
+    for spec in specs:
+        args = [tvm.runtime.tensor(arrays[a]) for a in spec["args"]]
+        out = tvm.runtime.tensor(np.zeros(spec["out"][0], np.float32))
+        lib[spec["func"]](*args, out)
+        x = arrays[spec["args"][0]]
+        weight = np.full_like(w, 0.5) * (w != 0) if spec["id"] == "b" else np.full_like(w, 0.5)
+        np.testing.assert_allclose(out.numpy(), np.einsum("ok,bkp->bop", weight, x), rtol=1e-4, atol=1e-4)

@@ -29,7 +29,7 @@ from .cache import BuildRequest, schedules_hash
 from .plan import KernelPlan, LayerPlan, describe_device, fingerprint_id
 
 #: format of the timing and survey caches (bump when what they hold changes meaning)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: layers carry an NCHW conv's (images, pixels)
 #: time_evaluator settings on the device: medians of `repeat` runs of at least `min_repeat_ms` each
 REPEAT = 9
 MIN_REPEAT_MS = 2
@@ -62,6 +62,7 @@ class _Layer:
     batch: int
     kernels: dict
     rule: tuple  # (label, candidate, info) of the rule, used when nothing could be measured
+    conv: tuple[int, int] | None = None  # an NCHW conv's (images, pixels): its candidates are conv_nchw kernels
 
 
 class _JsonCache:
@@ -99,7 +100,8 @@ def _survey(req: BuildRequest) -> tuple[list[_Layer], dict]:
     if cached:
         return [_Layer(x["key"], tuple(x["shape"]), x["batch"],
                        {label: (_candidate(c), k) for label, (c, k) in x["kernels"].items()},
-                       (x["rule"][0], _candidate(x["rule"][1]), x["rule"][2])) for x in cached["layers"]], {}
+                       (x["rule"][0], _candidate(x["rule"][1]), x["rule"][2]),
+                       tuple(x["conv"]) if x.get("conv") else None) for x in cached["layers"]], {}
     from schedules.choose import kernel_key, pattern_digest, rule_chooser
     from schedules.cuda import GpuInfo
     from schedules.kernels import candidates, label
@@ -108,17 +110,21 @@ def _survey(req: BuildRequest) -> tuple[list[_Layer], dict]:
 
     rule = rule_chooser()
     layers, weights = [], {}
-    for key, weight, m, cpu in survey(req):
+    for key, weight, m, cpu, conv in survey(req):
         pattern = pattern_digest(weight)
-        # our CUDA kernels are not timed by the CPU timer: the rule decides there
+        # our CUDA kernels are not timed by the CPU timer: the rule decides there; an NCHW conv has dense and BSR
+        # kernels (conv_nchw), which are the ones timed for it
         cands = [] if isinstance(cpu, GpuInfo) else candidates(weight)
-        kernels = {label(c): (c, kernel_key(c, weight, m, pattern=pattern)) for c in cands}
+        if conv is not None:
+            cands = [c for c in cands if c[0] in ("dense", "bsr")]
+        kernels = {label(c): (c, kernel_key(c, weight, m, pattern=pattern, conv=conv)) for c in cands}
         candidate, info = rule(weight, m, cpu)
-        layers.append(_Layer(key, tuple(weight.shape), m, kernels, (label(candidate), candidate, info)))
-        weights[key] = (weight, m, cpu)
+        layers.append(_Layer(key, tuple(weight.shape), m, kernels, (label(candidate), candidate, info), conv))
+        weights[key] = (weight, m, cpu, conv)
     _survey_cache(req).write({"layers": [
         {"key": x.key, "shape": list(x.shape), "batch": x.batch, "rule": [x.rule[0], _jsonable(x.rule[1]), x.rule[2]],
-         "kernels": {label: [_jsonable(c), k] for label, (c, k) in x.kernels.items()}} for x in layers]})
+         "kernels": {label: [_jsonable(c), k] for label, (c, k) in x.kernels.items()},
+         "conv": list(x.conv) if x.conv else None} for x in layers]})
     return layers, weights
 
 
@@ -211,8 +217,8 @@ def _time_on_device(missing: dict, weights: dict, target: dict, toolchain_name: 
 
     kernels, cpu = [], None
     for kkey, (candidate, layer_key) in missing.items():
-        weight, m, cpu = weights[layer_key]
-        kernels.append((kkey, candidate, weight, m))
+        weight, m, cpu, conv = weights[layer_key]
+        kernels.append((kkey, candidate, weight, m, conv))
     with tempfile.TemporaryDirectory(prefix="sparsebench-select-") as tmp:
         toolchain = find_toolchain(toolchain_name)
         try:

@@ -87,15 +87,16 @@ def weight_names(model) -> dict[str, str]:
 
 
 def survey(req: BuildRequest) -> list[tuple[str, object, int, object]]:
-    """The layers a build of ``req`` will ask kernels for: ``(layer_key, weight [N, K], batch M, cpu)`` each, in
-    program order (``cpu`` is the target's ``CpuInfo``, or a ``GpuInfo`` for CUDA). Compiles nothing."""
+    """The layers a build of ``req`` will ask kernels for: ``(layer_key, weight [N, K], batch M, cpu, conv)`` each,
+    in program order (``cpu`` is the target's ``CpuInfo``, or a ``GpuInfo`` for CUDA; ``conv`` an NCHW conv's
+    (images, pixels), whose kernel is `conv_nchw`'s, else None). Compiles nothing."""
     from schedules import rewrite_module
     from schedules.choose import SurveyChooser
 
     mod, _ = import_onnx(req)
     chooser = SurveyChooser()
     rewrite_module(mod, make_target(req.target), chooser=chooser, survey_only=True)
-    return [(key, weight, m, cpu) for key, (weight, m, cpu) in chooser.layers.items()]
+    return [(key, *layer) for key, layer in chooser.layers.items()]
 
 
 def export_bundle(kernels, cpu, target: dict, toolchain, out_dir) -> tuple[str, str, list[dict]]:
