@@ -115,14 +115,25 @@ def export_bundle(kernels, cpu, target: dict, toolchain, out_dir) -> tuple[str, 
 
 
 def tvm_compile(mod, target: dict):
+    """Compile a Relax module for ``target`` (a target dict) with `_build`."""
+    return _build(mod, make_target(target))
+
+
+def _build(mod, target):
+    """``tvm.compile`` for a ``tvm.target.Target``. On an LLVM CPU target the Relax pipeline is
+    ``schedules.generic.cpu_pipeline``: TVM's default CPU pipeline applies no schedule, so every operator our
+    rewrite did not replace would run as a naive serial loop nest. Other targets (CUDA) keep TVM's own pipeline,
+    which applies dlight's GPU rules."""
     import tvm
 
-    return tvm.compile(mod, target=make_target(target))
+    if target.kind.name != "llvm":
+        return tvm.compile(mod, target=target)
+    from schedules.generic import cpu_pipeline
+
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
 
 
 def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dict]:
-    import tvm
-
     mod, model = import_onnx(req)
     target = make_target(req.target)
     layers: list[dict] = []
@@ -133,7 +144,7 @@ def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dic
         # the plan's choices were measured on the device (compile/select.py); nothing is timed here
         chooser = PlanChooser(req.plan.table()) if req.plan is not None else None
         mod, layers = rewrite_module(mod, target, chooser=chooser, names=weight_names(model))
-    ex = tvm.compile(mod, target=target)
+    ex = _build(mod, target)
     _export(ex, out_path, toolchain, cuda, target)
     return [dict(layer) for layer in layers]
 
