@@ -57,14 +57,19 @@ def make_target(target: dict):
 
 def import_onnx(req: BuildRequest):
     """The variant's ONNX as a Relax module at the request's static input shapes and dtypes (weights as constants),
-    plus the ``onnx.ModelProto``. The kernel survey (``survey``) imports through here too, so it sees the same
-    shapes as the compile."""
+    plus the ``onnx.ModelProto`` as loaded. The kernel survey (``survey``) imports through here too, so it sees the
+    same shapes as the compile. Shape arithmetic is folded at those shapes first (``models.fold``): TVM's importer
+    fails on some of the chains torch exports emit; weight initializers keep their names."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from ..models.fold import fold_static
+
     model = onnx.load(str(req.onnx_path))
-    mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in req.inputs},
-                    dtype_dict={s.name: s.dtype for s in req.inputs}, keep_params_in_input=False)
+    shapes = {s.name: list(s.shape) for s in req.inputs}
+    dtypes = {s.name: s.dtype for s in req.inputs}
+    mod = from_onnx(fold_static(model, shapes, dtypes), shape_dict=shapes, dtype_dict=dtypes,
+                    keep_params_in_input=False)
     return mod, model
 
 
