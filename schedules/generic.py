@@ -28,9 +28,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import tvm
-from tvm import relax, s_tir, tirx
+import tvm_ffi
+from tvm import ir, s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
 
 from .cpu import CpuInfo, cpu_info, largest_divisor_at_most
 from .graph_fastmath import use_fast_math
@@ -109,26 +109,62 @@ def _is_scheduled(func: tirx.PrimFunc) -> bool:
 
 def schedule_func(func: tirx.PrimFunc, cpu: CpuInfo) -> tuple[tirx.PrimFunc | None, str | None]:
     """``(scheduled PrimFunc, rule name)`` for the first rule that accepts `func`, or ``(None, None)``."""
+    try:
+        sch, infos = _prepare(func)
+    except _SCHEDULE_ERRORS:
+        return None, None
+    if not infos:
+        return None, None
     for name, rule in RULES:
+        attempt = sch.copy()  # a rule that gives up half-way leaves its copy behind
         try:
-            sch = rule(func, cpu)
+            accepted = rule(attempt, infos, cpu)
         # a rule that trips over an unusual loop nest must not fail the compile: the next rule (or none) takes it
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError):  # ScheduleError is a RuntimeError
+        except _SCHEDULE_ERRORS:
             continue
-        if sch is not None:
+        if accepted:
             # after scheduling: inlining copies an expression, and each copy must get its own Let variable
-            return use_fast_math(sch.mod["main"]).with_attr("tirx.is_scheduled", True), name
+            return use_fast_math(attempt.mod["main"]).with_attr("tirx.is_scheduled", True), name
     return None, None
+
+
+# ScheduleError is a RuntimeError; TVM's FFI raises ValueError / TypeError / IndexError for refused arguments
+_SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
 
 
 def _prepare(func: tirx.PrimFunc):
     """A schedule of `func` with spatial producers inlined, and the remaining blocks' infos (None: not in the
-    normal form dlight's analysis understands, e.g. opaque blocks)."""
+    normal form dlight's analysis understands, e.g. opaque blocks).
+
+    Padding (a block computing ``if_then_else``) stays a block of its own: inlined into a convolution or pooling
+    window it puts a bounds test on every load, which scalarises the vectorised loop (a mobilenet_v2 build took
+    twice as long in LLVM and its first convolution ran 3x slower)."""
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
     if infos is None:
         return sch, None
-    return sch, try_inline_contiguous_spatial(sch, infos)
+    remaining = []
+    for info in infos:
+        if info.is_injective() and not _has_call(sch.get(info.block_rv), "tirx.if_then_else"):
+            try:
+                sch.compute_inline(info.block_rv)
+                continue
+            except s_tir.ScheduleError:  # an output, or read by a reduction's init: try into its producer
+                pass
+            try:
+                sch.reverse_compute_inline(info.block_rv)
+                continue
+            except s_tir.ScheduleError:
+                pass
+        remaining.append(info)
+    return sch, remaining
+
+
+def _has_call(block: tirx.SBlock, op: str) -> bool:
+    found = []
+    tvm_ffi.structural_walk(block.body, (ir.Call, lambda call: found.append(call)
+                                         if getattr(call.op, "name", "") == op else None))
+    return bool(found)
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
@@ -190,21 +226,20 @@ def _matmul_operands(block: tirx.SBlock):
     return (i, j, k) if same(out, i, j) else None
 
 
-def matmul(func: tirx.PrimFunc, cpu: CpuInfo):
+def matmul(sch: s_tir.Schedule, infos: list, cpu: CpuInfo) -> bool:
     """Register-tiled schedule of a (batched) matmul whose right operand is [.., K, N] row-major, with at most
     one elementwise epilogue block after it."""
-    sch, infos = _prepare(func)
-    if not infos or len(infos) > 2 or infos[0].dom_kind()[-1] != "R" or "R" in infos[0].dom_kind()[:-1]:
-        return None
+    if len(infos) > 2 or infos[0].dom_kind()[-1] != "R" or "R" in infos[0].dom_kind()[:-1]:
+        return False
     if len(infos) == 2 and not infos[1].is_injective():
-        return None
+        return False
     block = infos[0].block_rv
     if _matmul_operands(sch.get(block)) is None:
-        return None
+        return False
     *batch, i, j, k = sch.get_loops(block)
     rows, cols = _extent(sch, i), _extent(sch, j)
     if rows is None or cols is None or cols % cpu.lanes:
-        return None
+        return False
     vectors = 2 if cols % (2 * cpu.lanes) == 0 else 1
     nj = vectors * cpu.lanes
     mi = largest_divisor_at_most(rows, min(8, cpu.accumulator_registers // vectors))
@@ -224,28 +259,27 @@ def matmul(func: tirx.PrimFunc, cpu: CpuInfo):
     sch.vectorize(ji)
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
-    return sch
+    return True
 
 
 # --- rule: reductions along the last axes feeding an elementwise block -------------------------------------
 
 
-def row_reduction(func: tirx.PrimFunc, cpu: CpuInfo):
+def row_reduction(sch: s_tir.Schedule, infos: list, cpu: CpuInfo) -> bool:
     """Softmax, layer norm and the like: every block shares leading spatial axes, the last block is elementwise;
     all blocks are computed inside one parallel loop over those axes, reductions over the innermost axis
     vectorised through a vector of partial results (rfactor)."""
-    sch, infos = _prepare(func)
-    if not infos or len(infos) < 2 or not infos[-1].is_injective() or all(b.is_injective() for b in infos):
-        return None
+    if len(infos) < 2 or not infos[-1].is_injective() or all(b.is_injective() for b in infos):
+        return False
     kinds = [b.dom_kind() for b in infos]
-    if any(not kind or kind[0] != "S" for kind in kinds):
-        return None
+    if any(not kind or kind[0] != "S" for kind in kinds) or any(_is_contraction(sch.get(b.block_rv)) for b in infos):
+        return False
     shared = min(_leading_spatial(kind) for kind in kinds)
     last = infos[-1].block_rv
     if shared >= len(sch.get_loops(last)):  # the last block needs an inner axis of its own to vectorise
         shared = len(sch.get_loops(last)) - 1
     if shared < 1:
-        return None
+        return False
     work = sum(_work(sch, b.block_rv) for b in infos)
     # rfactor needs the reduction's own loop nest, before compute_at moves it
     partials = [rf for info in infos if not info.is_injective() for rf in [_vector_partials(sch, info, cpu)] if rf]
@@ -269,7 +303,24 @@ def row_reduction(func: tirx.PrimFunc, cpu: CpuInfo):
         sch.reorder(chunks, lanes)
         sch.vectorize(lanes)
         sch.decompose_reduction(rf, chunks)
-    return sch
+    return True
+
+
+def _is_contraction(block: tirx.SBlock) -> bool:
+    """Whether `block` sums products of two tensors over its reduction axes (a matmul, a convolution), rather
+    than reducing one row (softmax, norms): two or more buffers read at reduction-dependent positions."""
+    reduce_vars = [it.var for it in block.iter_vars if it.iter_type == tirx.IterVar.CommReduce]
+    if not reduce_vars:
+        return False
+    varying = 0
+    for region in block.reads:
+        if region.source.same_as(block.writes[0].source):
+            continue
+        used = []
+        tvm_ffi.structural_walk(region.region, (tirx.Var, lambda v: used.extend(r for r in reduce_vars
+                                                                              if r.same_as(v))))
+        varying += bool(used)
+    return varying >= 2
 
 
 def _vector_partials(sch: s_tir.Schedule, info, cpu: CpuInfo):
@@ -291,32 +342,55 @@ def _vector_partials(sch: s_tir.Schedule, info, cpu: CpuInfo):
 # --- rule: each block on its own ------------------------------------------------------------------------------
 
 
-def per_block(func: tirx.PrimFunc, cpu: CpuInfo):
-    """Elementwise, broadcast, copies, gathers, pooling: each remaining block gets a parallel loop over its fused
-    leading spatial axes and, when it is elementwise, a vectorised contiguous inner axis."""
-    sch, infos = _prepare(func)
-    if not infos:
-        return None
+def per_block(sch: s_tir.Schedule, infos: list, cpu: CpuInfo) -> bool:
+    """Elementwise, broadcast, copies, gathers, pooling, leftover convolutions: each remaining block gets a
+    parallel loop over its fused leading spatial axes and a vectorised innermost spatial axis (for a reduction,
+    moved inside the reduction loops)."""
     for info in infos:
         block = info.block_rv
         loops = sch.get_loops(block)
         kind = info.dom_kind()
         lead = _leading_spatial(kind)
-        if lead == 0:
+        if lead == 0 or len(loops) != len(kind):
             continue
-        work = _work(sch, block)
+        parallel = _work(sch, block) >= PARALLEL_MIN_WORK
         if lead == len(loops):  # elementwise: vectorise the last axis, parallel over the others
             _vectorize_inner(sch, loops[-1], cpu)
             loops = sch.get_loops(block)
-            spatial = loops[: len(loops) - 1] if len(loops) > 1 else []
-            if not spatial:
-                continue
+            if len(loops) > 1:
+                _parallel(sch, loops[:-1], parallel)
+        elif "S" in kind[lead:]:  # spatial axes inside the reduction: leave the order alone
+            _parallel(sch, loops[:lead], parallel)
         else:
-            spatial = loops[:lead]
-        outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-        if work >= PARALLEL_MIN_WORK and (_extent(sch, outer) or 1) > 1:
-            sch.parallel(outer)
-    return sch
+            _spatial_inside_reduction(sch, block, loops, lead, parallel, cpu)
+    return True
+
+
+def _parallel(sch: s_tir.Schedule, loops: list, parallel: bool):
+    outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if parallel and (_extent(sch, outer) or 1) > 1:
+        sch.parallel(outer)
+    return outer
+
+
+def _spatial_inside_reduction(sch: s_tir.Schedule, block, loops: list, lead: int, parallel: bool, cpu: CpuInfo):
+    """A reduction over trailing axes (pooling, a convolution no kernel of ours took): the last spatial axis,
+    split by the vector width, runs inside the reduction loops as one vector of accumulators kept in a small
+    buffer (a register), so each reduction step is one vector operation."""
+    spatial, reductions = loops[:lead], loops[lead:]
+    width = _vector_width(_extent(sch, spatial[-1]), cpu)
+    if not width:
+        _parallel(sch, spatial, parallel)
+        return
+    tile, lanes = sch.split(spatial[-1], factors=[None, width])
+    sch.reorder(*reductions, lanes)
+    tile = _parallel(sch, [*spatial[:-1], tile], parallel)
+    acc = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+    sch.vectorize(lanes)  # before decompose_reduction, which leaves no reduction block to vectorise
+    init = sch.decompose_reduction(block, sch.get_loops(block)[-1 - len(reductions)])
+    sch.vectorize(sch.get_loops(init)[-1])
+    _vectorize_inner(sch, sch.get_loops(acc)[-1], cpu)
 
 
 RULES = (("matmul", matmul), ("row_reduction", row_reduction), ("per_block", per_block))
