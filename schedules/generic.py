@@ -138,14 +138,16 @@ def _prepare(func: tirx.PrimFunc):
 
     Padding (a block computing ``if_then_else``) stays a block of its own: inlined into a convolution or pooling
     window it puts a bounds test on every load, which scalarises the vectorised loop (a mobilenet_v2 build took
-    twice as long in LLVM and its first convolution ran 3x slower)."""
+    twice as long in LLVM and its first convolution ran 3x slower). So does a block of transcendentals read by two
+    blocks (softmax's exp, read by the sum and the normalisation): inlined, it would be computed twice."""
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
     if infos is None:
         return sch, None
     remaining = []
     for info in infos:
-        if info.is_injective() and not _has_call(sch.get(info.block_rv), "tirx.if_then_else"):
+        if info.is_injective() and not _has_call(sch.get(info.block_rv), "tirx.if_then_else") and not (
+                len(sch.get_consumers(info.block_rv)) > 1 and _has_call(sch.get(info.block_rv), *_EXPENSIVE)):
             try:
                 sch.compute_inline(info.block_rv)
                 continue
@@ -160,11 +162,16 @@ def _prepare(func: tirx.PrimFunc):
     return sch, remaining
 
 
-def _has_call(block: tirx.SBlock, op: str) -> bool:
+def _has_call(block: tirx.SBlock, *ops: str) -> bool:
+    """Whether `block`'s body calls any of the TIR intrinsics `ops` (``"tirx.exp"``, ...)."""
     found = []
     tvm_ffi.structural_walk(block.body, (ir.Call, lambda call: found.append(call)
-                                         if getattr(call.op, "name", "") == op else None))
+                                         if getattr(call.op, "name", "") in ops else None))
     return bool(found)
+
+
+# intrinsics that cost tens of instructions per element even in their fast form
+_EXPENSIVE = ("tirx.exp", "tirx.erf", "tirx.tanh", "tirx.sigmoid", "tirx.log", "tirx.pow")
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
