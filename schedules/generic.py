@@ -16,10 +16,12 @@ do: `cpu.KERNEL_ATTRS`) the first of these rules that accepts it:
   pooling): each block on its own, leading spatial loops fused and run in parallel, the contiguous inner
   spatial axis vectorised.
 
-Spatial producers are inlined into their consumers first. dlight's CPU rules (`s_tir.dlight.cpu.Reduction`,
-`GEMV`) were tried: `Reduction` matches softmax / layer norm like `row_reduction` but measured no faster, and
-neither takes elementwise ops or matmuls, so they are not used. A rule that fails leaves the function to the
-next one; when none applies the function stays unscheduled (correct, slow): a schedule never fails a compile.
+Spatial producers are inlined into their consumers first; float32 exp / erf / tanh / sigmoid become polynomials
+(`graph_fastmath`). dlight's CPU rules (`s_tir.dlight.cpu.Reduction`, `GEMV`) were tried on BERT-tiny's functions
+(2 threads, AVX-512 VM, us per call, naive / ours / dlight): layer norm [1, 128, 128] 15.7 / 10.1 / 28.8,
+softmax [1, 2, 128, 128] 341 / 40 / 183, P.V matmul [2, 128, 128] x [2, 128, 64] 4179 / 25 / 4558 (dlight takes
+no matmul, elementwise op or pooling), so they are not used. A rule that fails leaves the function to the next
+one; when none applies the function stays unscheduled (correct, slow): a schedule never fails a compile.
 """
 
 from __future__ import annotations
@@ -137,8 +139,8 @@ def _prepare(func: tirx.PrimFunc):
     normal form dlight's analysis understands, e.g. opaque blocks).
 
     Padding (a block computing ``if_then_else``) stays a block of its own: inlined into a convolution or pooling
-    window it puts a bounds test on every load, which scalarises the vectorised loop (a mobilenet_v2 build took
-    twice as long in LLVM and its first convolution ran 3x slower). So does a block of transcendentals read by two
+    window it would put a bounds test on every load of the vectorised loop (on resnet18's convolutions and max
+    pool the two measured alike within this machine's noise; the padded copy keeps the loads plain). So does a block of transcendentals read by two
     blocks (softmax's exp, read by the sum and the normalisation): inlined, it would be computed twice."""
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
