@@ -57,14 +57,19 @@ def make_target(target: dict):
 
 def import_onnx(req: BuildRequest):
     """The variant's ONNX as a Relax module at the request's static input shapes and dtypes (weights as constants),
-    plus the ``onnx.ModelProto``. The kernel survey (``survey``) imports through here too, so it sees the same
-    shapes as the compile."""
+    plus the ``onnx.ModelProto`` as loaded. The kernel survey (``survey``) imports through here too, so it sees the
+    same shapes as the compile. Shape arithmetic is folded at those shapes first (``models.fold``): TVM's importer
+    fails on some of the chains torch exports emit; weight initializers keep their names."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from ..models.fold import fold_static
+
     model = onnx.load(str(req.onnx_path))
-    mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in req.inputs},
-                    dtype_dict={s.name: s.dtype for s in req.inputs}, keep_params_in_input=False)
+    shapes = {s.name: list(s.shape) for s in req.inputs}
+    dtypes = {s.name: s.dtype for s in req.inputs}
+    mod = from_onnx(fold_static(model, shapes, dtypes), shape_dict=shapes, dtype_dict=dtypes,
+                    keep_params_in_input=False)
     return mod, model
 
 
@@ -116,14 +121,25 @@ def export_bundle(kernels, cpu, target: dict, toolchain, out_dir) -> tuple[str, 
 
 
 def tvm_compile(mod, target: dict):
+    """Compile a Relax module for ``target`` (a target dict) with `_build`."""
+    return _build(mod, make_target(target))
+
+
+def _build(mod, target):
+    """``tvm.compile`` for a ``tvm.target.Target``. On an LLVM CPU target the Relax pipeline is
+    ``schedules.generic.cpu_pipeline``: TVM's default CPU pipeline applies no schedule, so every operator our
+    rewrite did not replace would run as a naive serial loop nest. Other targets (CUDA) keep TVM's own pipeline,
+    which applies dlight's GPU rules."""
     import tvm
 
-    return tvm.compile(mod, target=make_target(target))
+    if target.kind.name != "llvm":
+        return tvm.compile(mod, target=target)
+    from schedules.generic import cpu_pipeline
+
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
 
 
 def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dict]:
-    import tvm
-
     mod, model = import_onnx(req)
     target = make_target(req.target)
     layers: list[dict] = []
@@ -134,7 +150,7 @@ def _compile(req: BuildRequest, out_path, toolchain=None, cuda=None) -> list[dic
         # the plan's choices were measured on the device (compile/select.py); nothing is timed here
         chooser = PlanChooser(req.plan.table()) if req.plan is not None else None
         mod, layers = rewrite_module(mod, target, chooser=chooser, names=weight_names(model))
-    ex = tvm.compile(mod, target=target)
+    ex = _build(mod, target)
     _export(ex, out_path, toolchain, cuda, target)
     return [dict(layer) for layer in layers]
 
