@@ -83,8 +83,9 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
     jobs = []
     for spec, model in zip(cfg.models, models):
         variants = [make_variant(model.name, model.path, None, 0.0, variant_dir)]
-        for method in spec.methods or sp.methods:
-            levels = (spec.levels or sp.levels) if method.fixed_level is None else (method.fixed_level,)
+        model_levels = sp.levels if spec.levels is None else spec.levels
+        for method in sp.methods if spec.methods is None else spec.methods:
+            levels = model_levels if method.fixed_level is None else (method.fixed_level,)
             for level in levels:
                 if level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,

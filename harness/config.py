@@ -306,10 +306,10 @@ def _parse_levels(value: Any, where: str) -> tuple[float, ...]:
 
 
 def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
-    """A list of pruning methods (``"unstructured"``, ``"block:16x1"``, ``"nm:2:4"``)."""
-    if not isinstance(value, list) or not value:
-        raise HarnessError(f"{where} must be a non-empty list, e.g. [\"unstructured\", \"block:16x1\"], "
-                           f"got {value!r}")
+    """A list of pruning methods (``"unstructured"``, ``"block:16x1"``, ``"nm:2:4"``); empty: the dense model only."""
+    if not isinstance(value, list):
+        raise HarnessError(f"{where} must be a list, e.g. [\"unstructured\", \"block:16x1\"] ([] for the dense "
+                           f"model only), got {value!r}")
     return tuple(parse_method(m) for m in value)
 
 
