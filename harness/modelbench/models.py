@@ -76,7 +76,7 @@ def package_version(module: str) -> str | None:
 def _zoo_models() -> list[SuiteModel]:
     from ..models import zoo
 
-    kinds = {"digits-mlp": "mlp", "ffn-768": "mlp"}
+    kinds = {"digits-mlp": "mlp", "ffn-768": "mlp", "digits-cnn": "cnn", "tiny-encoder": "transformer"}
     return [SuiteModel(m.name, kinds.get(m.name, "mlp"), "zoo", m.description) for m in zoo.MODELS.values()]
 
 
