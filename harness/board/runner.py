@@ -14,9 +14,10 @@ result JSON as its last stdout line.
 Timing: ``rounds`` rounds, the models taking turns (A B C A B C ...) so that drift hits them alike; each round
 warms up afresh (until both ``warmup_runs`` and ``warmup_s``) and then times every iteration on its own
 (perf_counter_ns around one call, with a device sync) until both its share of ``min_runs`` and ``min_s`` are
-reached, capped at ``max_runs``. Means of batches would hide the variation we report. A model whose median is
-not yet precise (``max_ci``) or whose rounds disagree (``max_spread``) gets more rounds, up to ``max_rounds`` and
-``extend_s`` seconds (``rounds.py``).
+reached, capped at ``max_runs``. Means of batches would hide the variation we report. A first, settling round is
+discarded. While a model's median is not yet precise (``max_ci``) or its rounds disagree (``max_spread``), every
+model gets another round (the rotation stays the same), up to ``max_rounds`` and ``extend_s`` seconds
+(``rounds.py``).
 """
 
 from __future__ import annotations
@@ -244,16 +245,26 @@ def run_job(job: dict, workdir: Path) -> dict:
              "min_runs": -(-int(job["min_runs"]) // n_rounds), "min_s": float(job["min_s"]) / n_rounds,
              "max_runs": max(1, int(job["max_runs"]) // n_rounds)}
     live = lambda: [e for e in entries if e.error is None]  # noqa: E731
+    # a settling round, discarded: the first calls after loading pay for page faults, clock ramps and the other
+    # runtime's idle threads; every model then starts its measured rounds from the same state
+    for entry in live():
+        try:
+            _timed_round(entry.model, entry.fed, rules)
+        except Exception as err:
+            entry.error = f"{type(err).__name__}: {err}"
     for _ in range(n_rounds):
         for entry in live():
             entry.take_round(rules, cpus)
+    # extension: while some model is unsettled, another round for *every* model, so the rotation (and what the
+    # caches hold between one model's turns) stays the one the earlier rounds had
     extend_until = time.perf_counter() + float(job.get("extend_s", 0.0))
+    max_rounds = int(job.get("max_rounds", n_rounds))
     while time.perf_counter() < extend_until:
-        todo = [e for e in live() if len(e.rounds) < job.get("max_rounds", n_rounds) and e.unsettled(job)]
-        if not todo:
+        if not any(len(e.rounds) < max_rounds and e.unsettled(job) for e in live()):
             break
-        for entry in todo:
-            entry.take_round(rules, cpus)
+        for entry in live():
+            if len(entry.rounds) < max_rounds:
+                entry.take_round(rules, cpus)
 
     # model time by TVM's C++ timer, where the engine has one (a peer runtime's rows leave it unavailable)
     for entry in live():
