@@ -79,7 +79,7 @@ def test_variants_take_turns_round_by_round(tmp_path):
 
 def test_unsettled_measurement_is_extended_up_to_max_rounds(tmp_path):
     # a bound no measurement can meet: the runner extends to max_rounds and says which bound is unmet
-    job = _job(tmp_path, n_models=1, max_ci=1e-9, max_rounds=5, extend_s=60.0, min_s=0.15)
+    job = _job(tmp_path, n_models=1, max_ci=-1.0, max_rounds=5, extend_s=60.0, min_s=0.15)
     proc = _runner(job)
     proc.communicate(timeout=300)
     model = _result(job)["models"][0]
