@@ -93,7 +93,7 @@ class MeasureConfig:
     rounds: int = 3
     max_rounds: int = 9
     max_ci: float = 0.03  # half-width of the median's 95 % CI, relative to the median
-    max_spread: float = 0.03  # half the range of the rounds' medians, relative to the median
+    max_spread: float = 0.03  # standard deviation of the rounds' medians, relative to the median
     extend_s: float = 30.0
     # CPUs the runner is pinned to on the device, e.g. "2-3" or "0,2" (empty: wherever the OS puts it); the thread
     # pools follow (one thread per CPU unless TVM_NUM_THREADS says otherwise)

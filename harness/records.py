@@ -142,8 +142,8 @@ class LatencyStats:
     round_p50_ms: tuple[float, ...] | None = field(default=None, metadata=_column("round_p50_ms"))
     """Median of each timing round, ms, in the order taken (each round warmed up afresh)."""
     round_spread: float | None = field(default=None, metadata=_column("round_spread"))
-    """Half the range of the rounds' medians relative to the pooled median (0.02 = within ±2 %): the main evidence
-    that the number reproduces; ``None`` with one round."""
+    """Standard deviation of the rounds' medians relative to the pooled median (0.02 = a round typically within
+    ±2 %): the main evidence that the number reproduces; ``None`` with one round."""
 
     @property
     def p50_ci(self) -> tuple[float, float] | None:
@@ -442,7 +442,7 @@ class ResultRow:
     round_p50_ms: tuple[float, ...] | None = None
     """Median of each timing round, ms (schema 4)."""
     round_spread: float | None = None
-    """Half the range of the round medians relative to the median (schema 4)."""
+    """Standard deviation of the round medians relative to the median (schema 4)."""
     clock_range_khz: tuple[int, ...] | None = None
     """Lowest and highest CPU clock read before and after every timing round, kHz (``None`` where the device has no
     cpufreq, e.g. most VMs) (schema 4)."""

@@ -58,11 +58,14 @@ def median_ci_halfwidth(samples) -> float | None:
 
 
 def round_spread(round_p50s, pooled_p50: float) -> float | None:
-    """How far the rounds' medians disagree: half their range relative to the pooled median (0.02 = the rounds lie
-    within ±2 %); ``None`` with fewer than two rounds."""
-    if len(round_p50s) < 2 or pooled_p50 <= 0:
+    """How far the rounds' medians disagree: their sample standard deviation relative to the pooled median (0.02 =
+    a round's median typically lies within ±2 %); ``None`` with fewer than two rounds. A standard deviation, not the
+    range: the range of k rounds grows with k, so extending a measurement would make it look worse."""
+    k = len(round_p50s)
+    if k < 2 or pooled_p50 <= 0:
         return None
-    return (max(round_p50s) - min(round_p50s)) / 2.0 / pooled_p50
+    mean = sum(round_p50s) / k
+    return (sum((v - mean) ** 2 for v in round_p50s) / (k - 1)) ** 0.5 / pooled_p50
 
 
 def unsettled(samples, round_p50s, *, max_ci: float, max_spread: float):

@@ -19,7 +19,7 @@ def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, ref_r
 
     Args:
         max_ci: largest half-width of the median's 95 % interval, relative to the median.
-        max_spread: largest half-range of the rounds' medians, relative to the pooled median.
+        max_spread: largest standard deviation of the rounds' medians, relative to the pooled median.
         min_rounds: rounds the measurement needs for the spread to mean anything (``[measure].rounds``).
         clock_range_khz: lowest and highest CPU clock seen around the rounds (``None``: not exposed).
         max_clock_change: largest (high - low) / high of those clocks.
@@ -40,7 +40,7 @@ def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, ref_r
         reasons.append(f"only {rounds} timing round(s): reproducibility unchecked; [measure].rounds >= 2")
     if stats.round_spread is not None and stats.round_spread > max_spread:
         p50s = ", ".join(f"{v:.4g}" for v in stats.round_p50_ms)
-        reasons.append(f"rounds disagree: their medians ({p50s} ms) spread ±{stats.round_spread:.1%} > "
+        reasons.append(f"rounds disagree: their medians ({p50s} ms) differ by ±{stats.round_spread:.1%} (std) > "
                        f"±{max_spread:.1%} (by {stats.round_spread / max_spread:.1f}x) after {rounds} rounds: load or "
                        "clocks changed during the run; close other load, pin clocks, and rerun")
     if clock_range_khz and clock_range_khz[1] > 0:

@@ -86,8 +86,8 @@ def _results_section(groups: Sequence[Group]) -> list[str]:
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody></table></div>",
             '<p class="note">p50 = median latency of one call from Python (what an application calling from Python '
-            "sees), all timing rounds pooled, with its 95 % distribution-free interval; round spread = how far the "
-            "rounds' medians lie from it (the variants of a model took turns round by round); model ms = the same "
+            "sees), all timing rounds pooled, with its 95 % distribution-free interval; round spread = the standard "
+            "deviation of the rounds' medians relative to it (the variants of a model took turns round by round); model ms = the same "
             "model timed by TVM's C++ timer (repeats of at least 1 ms of back-to-back calls, no Python/FFI "
             "overhead). Speedup vs dense = our dense build\'s p50 / variant p50 within the same model, batch "
             "and device; speedup vs best dense = the fastest dense runtime's p50 (our build or a peer runtime's, "

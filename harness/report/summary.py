@@ -62,8 +62,8 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
         for row in group.rows:
             lines.append("| " + " | ".join(_cell(c.cell(row, group)) for c in cols) + " |")
     lines += ["", "p50 = median latency of one call from Python (what an application calling from Python sees), all "
-              "timing rounds pooled, with its 95 % distribution-free interval; round spread = how far the rounds' "
-              "medians lie from it (the variants of a model took turns round by round); model ms = the same model "
+              "timing rounds pooled, with its 95 % distribution-free interval; round spread = the standard deviation "
+              "of the rounds' medians relative to it (the variants of a model took turns round by round); model ms = the same model "
               "timed by TVM's C++ timer (repeats of >= 1 ms of back-to-back calls: no Python/FFI overhead). "
               "Speedup vs dense = our dense build's p50 / variant p50 within the same model, batch and device; "
               "speedup vs best dense = the fastest dense runtime's p50 (ours or a peer runtime's, in brackets) / "
