@@ -9,6 +9,8 @@ import platform
 import numpy as np
 import pytest
 
+from harness.config import cpuinfo_flags
+
 tvm = pytest.importorskip("tvm")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -23,15 +25,8 @@ from schedules import rewrite_module  # noqa: E402
 AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "mattr": ["+avx2", "+fma"], "num-cores": 2}
 
 
-def _host_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":")[1].split()}
-    except OSError:
-        return set()
 
-
-pytestmark = pytest.mark.skipif(platform.machine() != "x86_64" or not {"avx2", "fma"} <= _host_flags(),
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64" or not {"avx2", "fma"} <= cpuinfo_flags(),
                                 reason="host cannot run x86-64-v3 code")
 
 

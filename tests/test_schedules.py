@@ -8,6 +8,8 @@ import platform
 import numpy as np
 import pytest
 
+from harness.config import cpuinfo_flags
+
 tvm = pytest.importorskip("tvm")
 onnx = pytest.importorskip("onnx")
 
@@ -26,15 +28,8 @@ SSE2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
 
 
-def _host_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":")[1].split()}
-    except OSError:
-        return set()
 
-
-_FLAGS = _host_flags() if platform.machine() == "x86_64" else set()
+_FLAGS = cpuinfo_flags() if platform.machine() == "x86_64" else set()
 needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= _FLAGS, reason="host cannot run x86-64-v3 code")
 needs_avx512 = pytest.mark.skipif("avx512f" not in _FLAGS, reason="host cannot run AVX-512 code")
 
