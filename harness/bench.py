@@ -286,7 +286,8 @@ class Benchmark:
             return row
 
         result = dev.result
-        stats = latency_stats(result["latencies_ns"], [r["p50_ns"] for r in result.get("rounds") or ()])
+        stats = latency_stats(result["latencies_ns"], [r["n"] for r in result.get("rounds") or ()],
+                              max_spread=m.max_spread)
         # sparse rows compare with the dense row of the same run (this group's, or one stored before a --resume)
         dense = outputs.get(job.dense_key)
         if dense is None:

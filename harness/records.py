@@ -142,8 +142,11 @@ class LatencyStats:
     round_p50_ms: tuple[float, ...] | None = field(default=None, metadata=_column("round_p50_ms"))
     """Median of each timing round, ms, in the order taken (each round warmed up afresh)."""
     round_spread: float | None = field(default=None, metadata=_column("round_spread"))
-    """Standard deviation of the rounds' medians relative to the pooled median (0.02 = a round typically within
+    """Standard deviation of the agreeing rounds' medians relative to the median (0.02 = a round typically within
     ±2 %): the main evidence that the number reproduces; ``None`` with one round."""
+    rounds_disturbed: tuple[int, ...] | None = field(default=None, metadata=_column("rounds_disturbed"))
+    """Rounds (0-based, in the order taken) whose median lay outside the agreeing rounds' ±max_spread: a load or
+    clock change hit them; their samples are stored but not in the statistics. ``None`` without rounds."""
 
     @property
     def p50_ci(self) -> tuple[float, float] | None:
@@ -442,7 +445,9 @@ class ResultRow:
     round_p50_ms: tuple[float, ...] | None = None
     """Median of each timing round, ms (schema 4)."""
     round_spread: float | None = None
-    """Standard deviation of the round medians relative to the median (schema 4)."""
+    """Standard deviation of the agreeing rounds' medians relative to the median (schema 4)."""
+    rounds_disturbed: tuple[int, ...] | None = None
+    """Rounds left out of the statistics: their medians disagreed with the majority of rounds (schema 5)."""
     clock_range_khz: tuple[int, ...] | None = None
     """Lowest and highest CPU clock read before and after every timing round, kHz (``None`` where the device has no
     cpufreq, e.g. most VMs) (schema 4)."""

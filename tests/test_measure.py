@@ -52,12 +52,25 @@ def test_rounds_that_disagree_make_the_row_invalid_with_the_bound_and_by_how_muc
     rng = np.random.default_rng(2)
     quiet = [rng.normal(1_000_000, 5_000, 500) for _ in range(3)]
     q = quality_figures(np.ones((2, 2)), reference=np.ones((2, 2)))
-    agree = latency_stats(np.concatenate(quiet), [float(np.median(r)) for r in quiet])
+    agree = latency_stats(np.concatenate(quiet), [500] * 3)
     assert agree.round_spread < 0.01 and verdict(agree, q, min_valid_runs=10, ref_rtol=1e-4, min_rounds=3)[0] == "VALID"
     loaded = [quiet[0], quiet[1] * 1.2, quiet[2]]  # a competing load during one round: +20 %
-    shifted = latency_stats(np.concatenate(loaded), [float(np.median(r)) for r in loaded])
+    shifted = latency_stats(np.concatenate(loaded), [500] * 3)
+    assert shifted.rounds_disturbed == (1,)  # left out of the statistics, named
     status, reasons = verdict(shifted, q, min_valid_runs=10, ref_rtol=1e-4, min_rounds=3)
-    assert status == "INVALID" and any(r.startswith("rounds disagree") and "> ±3.0%" in r for r in reasons)
+    assert status == "INVALID" and any(r.startswith("rounds disagree: only 2 of 3") and "3 needed" in r
+                                       for r in reasons), reasons
+    # extended by two quiet rounds: four of five agree, the loaded round is left out and the median is not shifted
+    extended = loaded + [rng.normal(1_000_000, 5_000, 500) for _ in range(2)]
+    settled = latency_stats(np.concatenate(extended), [500] * 5)
+    assert settled.rounds_disturbed == (1,) and settled.n == 2000
+    assert abs(settled.p50_ms - 1.0) < 0.002 and verdict(settled, q, min_valid_runs=10, ref_rtol=1e-4,
+                                                         min_rounds=3) == ("VALID", [])
+    # a slow drift that leaves no majority within ±3 %: INVALID, however many rounds
+    drift = [rng.normal(1_000_000 * (1 + 0.04 * i), 5_000, 500) for i in range(5)]
+    status, reasons = verdict(latency_stats(np.concatenate(drift), [500] * 5), q, min_valid_runs=10, ref_rtol=1e-4,
+                              min_rounds=3)
+    assert status == "INVALID" and any("of 5 rounds" in r for r in reasons), reasons
 
 
 # --- confidence intervals of percentiles (issue 10) ------------------------------------------------------------

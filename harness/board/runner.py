@@ -15,9 +15,9 @@ Timing: ``rounds`` rounds, the models taking turns (A B C A B C ...) so that dri
 warms up afresh (until both ``warmup_runs`` and ``warmup_s``) and then times every iteration on its own
 (perf_counter_ns around one call, with a device sync) until both its share of ``min_runs`` and ``min_s`` are
 reached, capped at ``max_runs``. Means of batches would hide the variation we report. A first, settling round is
-discarded. While a model's median is not yet precise (``max_ci``) or its rounds disagree (``max_spread``), every
-model gets another round (the rotation stays the same), up to ``max_rounds`` and ``extend_s`` seconds
-(``rounds.py``).
+discarded. While a model's median is not yet precise (``max_ci``) or too few of its rounds agree (within
+``max_spread``: a majority and at least ``rounds``), every model gets another round (the rotation stays the same),
+up to ``max_rounds`` and ``extend_s`` seconds (``rounds.py``).
 """
 
 from __future__ import annotations
@@ -109,11 +109,105 @@ class OrtModel:
         return self.session.run(self.output, fed)[0]
 
 
+def _peer_main(conn, model: str, input_names: list, threads: int) -> None:
+    """The peer process: an :class:`OrtModel` that takes its rounds, evaluations and single calls on command."""
+    try:
+        peer = OrtModel(model, input_names, threads)
+    except Exception as err:
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    import onnxruntime
+
+    conn.send(("ok", onnxruntime.__version__))
+    fed = None
+    while True:
+        try:
+            what, arg = conn.recv()
+        except EOFError:
+            return
+        try:
+            if what == "feed":
+                fed = peer.feed(arg)
+                reply = None
+            elif what == "round":
+                reply = _timed_round(peer, fed, arg)
+            elif what == "run":
+                reply = peer.run(fed)
+            elif what == "outputs":
+                reply = peer.first_output(peer.feed(arg))
+            elif what == "energy":
+                reply = _measure_energy(lambda: peer.run(fed), arg)
+            else:
+                return
+            conn.send(("ok", reply))
+        except Exception as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class PeerProcess:
+    """A peer runtime (onnxruntime) in a process of its own, driven round by round from the runner.
+
+    In one process, onnxruntime's spinning worker threads and TVM's pool disturb each other: measured on a 2-core
+    VM, the TVM rounds that follow an onnxruntime round come out 30-40 % slower or faster than the rest, whereas
+    with onnxruntime loaded but idle they agree within ±3-5 %. In its own process each runtime keeps its threads to
+    itself, and the rounds still take turns (the runner waits for the peer's round to end)."""
+
+    def __init__(self, model: str, input_names: list, threads: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no TVM, no inherited thread pool
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_peer_main, args=(child, model, list(input_names), threads), daemon=True)
+        self.proc.start()
+        child.close()
+        self.version = self._call(None)  # onnxruntime's, for the device metadata
+
+    def _call(self, message):
+        if message is not None:
+            self.conn.send(message)
+        try:
+            status, reply = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the onnxruntime process ended (exit code {self.proc.exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(reply)
+        return reply
+
+    def feed(self, chunks: list):
+        self._call(("feed", [c for c in chunks]))
+        return None
+
+    def timed_round(self, rules: dict) -> dict:
+        return self._call(("round", rules))
+
+    def run(self, fed=None) -> None:  # one call, over the pipe (energy windows only: the timing uses whole rounds)
+        self._call(("run", None))
+
+    def first_output(self, chunks):
+        return self._call(("outputs", list(chunks)))
+
+    def energy(self, cfg: dict) -> dict:
+        """Energy per call, measured in the peer's process (calls over the pipe would count the pipe)."""
+        return self._call(("energy", cfg))
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop", None))
+        except (OSError, ValueError):
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
 def load_model(job: dict, threads: int):
-    """The job's model: a TVM artifact, or the ONNX file for ``"engine": "onnxruntime"``."""
+    """The job's model: a TVM artifact, or the ONNX file for ``"engine": "onnxruntime"`` (in a process of its own
+    unless ``"in_process": true``)."""
     engine = job.get("engine", "tvm")
     if engine == "onnxruntime":
-        return OrtModel(job["artifact"], job["input_names"], threads)
+        if job.get("in_process"):
+            return OrtModel(job["artifact"], job["input_names"], threads)
+        return PeerProcess(job["artifact"], job["input_names"], threads)
     if engine == "tvm":
         return TvmModel(job["artifact"], job.get("device", "cpu"))
     raise ValueError(f"unknown engine {engine!r}; known: tvm, onnxruntime")
@@ -178,6 +272,13 @@ def _timed_round(model, fed, rules: dict) -> dict:
             "measure_s": time.perf_counter() - start}
 
 
+def timed_round(model, fed, rules: dict) -> dict:
+    """One round of ``model``: in this process, or in the peer's own (:class:`PeerProcess`)."""
+    if hasattr(model, "timed_round"):
+        return model.timed_round(rules)
+    return _timed_round(model, fed, rules)
+
+
 class _Entry:
     """One model of the job and what was measured of it so far."""
 
@@ -190,7 +291,8 @@ class _Entry:
         self.energy = None
         self.model_time_ms = None
         self.model_time_error = None
-        self.samples_ns = []
+        self.samples_ns = []  # every round's, in the order taken
+        self.round_samples = []  # the same, one list per round
         self.rounds = []
         self.phases_s = {"load": 0.0, "warmup": 0.0, "measure": 0.0, "energy": 0.0, "eval": 0.0}
 
@@ -200,12 +302,13 @@ class _Entry:
         start_ns = time.perf_counter_ns()
         freqs = cpu_freqs_khz(cpus)
         try:
-            got = _timed_round(self.model, self.fed, rules)
+            got = timed_round(self.model, self.fed, rules)
             freqs += cpu_freqs_khz(cpus)  # before and after: a clock that moved during the round shows
         except Exception as err:  # this model fails; the others of the job carry on
             self.error = f"{type(err).__name__}: {err}"
             return
         self.samples_ns += got["samples_ns"]
+        self.round_samples.append(got["samples_ns"])
         self.phases_s["warmup"] += got["warmup_s"]
         self.phases_s["measure"] += got["measure_s"]
         ordered = sorted(got["samples_ns"])
@@ -214,8 +317,8 @@ class _Entry:
                             "freq_khz": [min(freqs), max(freqs)] if freqs else None})
 
     def unsettled(self, job: dict) -> list:
-        return rounds.unsettled(self.samples_ns, [r["p50_ns"] for r in self.rounds],
-                                max_ci=job.get("max_ci", 0.03), max_spread=job.get("max_spread", 0.03))
+        return rounds.unsettled(self.round_samples, max_ci=job.get("max_ci", 0.03),
+                                max_spread=job.get("max_spread", 0.03), min_rounds=int(job.get("rounds", 1)))
 
 
 def run_job(job: dict, workdir: Path) -> dict:
@@ -238,6 +341,7 @@ def run_job(job: dict, workdir: Path) -> dict:
             entry.error = f"{type(err).__name__}: {err}"
         entry.phases_s["load"] = time.perf_counter() - start
     rss_after_load_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    versions = {"onnxruntime": e.model.version for e in entries if isinstance(e.model, PeerProcess)}
 
     n_rounds = max(1, int(job.get("rounds", 1)))
     # the row's timing budget (min_runs, min_s) is shared by its rounds; each round warms up afresh
@@ -249,7 +353,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     # runtime's idle threads; every model then starts its measured rounds from the same state
     for entry in live():
         try:
-            _timed_round(entry.model, entry.fed, rules)
+            timed_round(entry.model, entry.fed, rules)
         except Exception as err:
             entry.error = f"{type(err).__name__}: {err}"
     for _ in range(n_rounds):
@@ -281,7 +385,8 @@ def run_job(job: dict, workdir: Path) -> dict:
         if entry.error is None and energy_cfg is not None:
             start = time.perf_counter()
             try:
-                entry.energy = _measure_energy(lambda: entry.model.run(entry.fed), energy_cfg)
+                entry.energy = (entry.model.energy(energy_cfg) if isinstance(entry.model, PeerProcess) else
+                                _measure_energy(lambda: entry.model.run(entry.fed), energy_cfg))
             except Exception as err:
                 entry.error = f"energy: {type(err).__name__}: {err}"
             entry.phases_s["energy"] = time.perf_counter() - start
@@ -289,8 +394,9 @@ def run_job(job: dict, workdir: Path) -> dict:
         if entry.error is None:
             start = time.perf_counter()
             try:
-                outputs = [np.asarray(entry.model.first_output(entry.model.feed(chunks)))[:real]
-                           for chunks, real in as_batches(inputs, batch)]
+                first = (entry.model.first_output if isinstance(entry.model, PeerProcess)
+                         else lambda chunks: entry.model.first_output(entry.model.feed(chunks)))
+                outputs = [np.asarray(first(chunks))[:real] for chunks, real in as_batches(inputs, batch)]
                 out_name = f"outputs_{len(results)}.npy"
                 np.save(workdir / out_name, np.concatenate(outputs))
             except Exception as err:
@@ -304,9 +410,12 @@ def run_job(job: dict, workdir: Path) -> dict:
             "energy": entry.energy, "outputs": out_name, "model_time_ms": entry.model_time_ms,
             "model_time_error": entry.model_time_error,
         })
+        if hasattr(entry.model, "close"):
+            entry.model.close()
         entry.model = entry.fed = None  # free the artifact before the next one evaluates
     return {
         "ok": True,
+        "peer_versions": versions,
         "threads": threads,
         "cpus": cpus,
         "models": results,
@@ -329,6 +438,8 @@ def main(argv: list[str]) -> int:
 
         result = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
     result["device_meta"] = device_metadata()
+    for name, version in (result.get("peer_versions") or {}).items():  # loaded in the peer's process, not here
+        result["device_meta"][name] = result["device_meta"].get(name) or version
     text = json.dumps(result)
     (workdir / "result.json").write_text(text)
     print(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..board.rounds import CONFIDENCE, quantile_ci_ranks, round_spread
+from ..board.rounds import CONFIDENCE, agreeing_rounds, quantile_ci_ranks, round_spread
 from ..records import LatencyStats
 
 
@@ -38,14 +38,28 @@ def ratio_ci(num: tuple[float, float] | None, den: tuple[float, float] | None) -
     return num[0] / den[1], num[1] / den[0]
 
 
-def latency_stats(samples_ns: list[int] | np.ndarray, round_p50_ns: list[float] | None = None) -> LatencyStats:
+def latency_stats(samples_ns: list[int] | np.ndarray, round_sizes: list[int] | None = None, *,
+                  max_spread: float = 0.03) -> LatencyStats:
     """Percentiles (linear interpolation), their 95 % order-statistic confidence intervals, mean, sample std
-    (ddof=1) and CVs of latencies given in nanoseconds (all rounds pooled), and the spread of the rounds' medians
-    ``round_p50_ns`` when the measurement had rounds."""
+    (ddof=1) and CVs of latencies given in nanoseconds, and the rounds' medians and spread.
+
+    ``round_sizes`` cuts ``samples_ns`` (every round's samples, in the order taken) into rounds. The statistics then
+    come from the rounds that agree (within ±``max_spread``, :func:`~harness.board.rounds.agreeing_rounds`); the
+    others are *disturbed* and named in ``rounds_disturbed``. Without rounds every sample counts."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     if ms.size == 0:
         raise ValueError("no latency samples")
+    round_p50 = disturbed = spread = None
+    if round_sizes:
+        cuts = np.cumsum([0, *round_sizes])
+        per_round = [ms[cuts[i]:cuts[i + 1]] for i in range(len(round_sizes))]
+        round_p50 = tuple(float(np.median(r)) if r.size else float("nan") for r in per_round)
+        agree = agreeing_rounds(round_p50, max_spread)
+        disturbed = tuple(i for i in range(len(per_round)) if i not in agree)
+        ms = np.concatenate([per_round[i] for i in agree])
     p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
+    if round_p50:
+        spread = round_spread([round_p50[i] for i in agree], float(p50))
     ordered = np.sort(ms)
     cis = {q: quantile_ci(ordered, q) or (None, None) for q in (0.5, 0.9, 0.99)}
     iqr = p75 - p25
@@ -56,8 +70,7 @@ def latency_stats(samples_ns: list[int] | np.ndarray, round_p50_ns: list[float] 
         cv=_cv(inside), cv_all=_cv(ms), n_outliers=int(ms.size - inside.size),
         p50_ci_low_ms=cis[0.5][0], p50_ci_high_ms=cis[0.5][1], p90_ci_low_ms=cis[0.9][0],
         p90_ci_high_ms=cis[0.9][1], p99_ci_low_ms=cis[0.99][0], p99_ci_high_ms=cis[0.99][1],
-        round_p50_ms=tuple(float(v) / 1e6 for v in round_p50_ns) if round_p50_ns else None,
-        round_spread=round_spread([float(v) / 1e6 for v in round_p50_ns], float(p50)) if round_p50_ns else None,
+        round_p50_ms=round_p50, round_spread=spread, rounds_disturbed=disturbed,
     )
 
 

@@ -9,6 +9,7 @@ reported, not gates (thousands of samples pin a µs-scale median to well under 1
 from __future__ import annotations
 
 from .quality import Quality
+from ..board.rounds import rounds_needed
 from .stats import LatencyStats
 
 
@@ -19,8 +20,10 @@ def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, ref_r
 
     Args:
         max_ci: largest half-width of the median's 95 % interval, relative to the median.
-        max_spread: largest standard deviation of the rounds' medians, relative to the pooled median.
-        min_rounds: rounds the measurement needs for the spread to mean anything (``[measure].rounds``).
+        max_spread: how far a round's median may lie from the others' (rounds outside are disturbed, left out of the
+            statistics; a majority of rounds must agree), and the largest standard deviation of the agreeing
+            rounds' medians, relative to the median.
+        min_rounds: rounds that must agree (``[measure].rounds``).
         clock_range_khz: lowest and highest CPU clock seen around the rounds (``None``: not exposed).
         max_clock_change: largest (high - low) / high of those clocks.
     """
@@ -38,8 +41,16 @@ def verdict(stats: LatencyStats, quality: Quality, *, min_valid_runs: int, ref_r
     rounds = len(stats.round_p50_ms or ())
     if min_rounds > 1 and rounds < min(min_rounds, 2):
         reasons.append(f"only {rounds} timing round(s): reproducibility unchecked; [measure].rounds >= 2")
-    if stats.round_spread is not None and stats.round_spread > max_spread:
-        p50s = ", ".join(f"{v:.4g}" for v in stats.round_p50_ms)
+    disturbed = set(stats.rounds_disturbed or ())
+    needed = rounds_needed(rounds, min_rounds)
+    if rounds and rounds - len(disturbed) < needed:
+        p50s = ", ".join(f"{v:.4g}" + ("*" if i in disturbed else "") for i, v in enumerate(stats.round_p50_ms))
+        reasons.append(f"rounds disagree: only {rounds - len(disturbed)} of {rounds} rounds' medians ({p50s} ms; * "
+                       f"outside) agree within ±{max_spread:.1%}, {needed} needed (a majority, at least "
+                       f"{min(min_rounds, rounds)}): load or clocks changed during the run; close other load, pin "
+                       "clocks, raise [measure].max_rounds, and rerun")
+    elif stats.round_spread is not None and stats.round_spread > max_spread:
+        p50s = ", ".join(f"{v:.4g}" for i, v in enumerate(stats.round_p50_ms) if i not in disturbed)
         reasons.append(f"rounds disagree: their medians ({p50s} ms) differ by ±{stats.round_spread:.1%} (std) > "
                        f"±{max_spread:.1%} (by {stats.round_spread / max_spread:.1f}x) after {rounds} rounds: load or "
                        "clocks changed during the run; close other load, pin clocks, and rerun")

@@ -246,6 +246,17 @@ def _quality(row: ResultRow, group: Group) -> str:
     return fmt.NA
 
 
+def _spread(r) -> str:
+    """The agreeing rounds' spread, and how many rounds were left out as disturbed (e.g. "±1.2 %, 2 of 9 rounds
+    disturbed")."""
+    if as_float(r.round_spread) is None:
+        return fmt.NA
+    text = f"±{fmt.pct(r.round_spread)}"
+    if r.rounds_disturbed:
+        text += f", {len(r.rounds_disturbed)} of {len(r.round_p50_ms or ())} rounds disturbed"
+    return text
+
+
 def _speedup_best(row: ResultRow, group: Group) -> str:
     """``0.45× (onnxruntime)``: the ratio, and which dense runtime was fastest."""
     value = group.speedup_best(row)
@@ -289,8 +300,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("speedup_best", "speedup vs best dense [CI]", _speedup_best),
     Column("speedup_model", "speedup vs dense, model time [CI]",
            lambda r, g: fmt.speedup_ci(g.speedup_model_time(r), g.speedup_model_time_ci(r))),
-    Column("spread", "round spread", _show(lambda v: f"±{fmt.pct(v)}" if as_float(v) is not None else fmt.NA,
-                                           lambda r: r.round_spread)),
+    Column("spread", "round spread (disturbed rounds left out)", lambda r, g: _spread(r)),
     Column("quality", "accuracy / top-1", _quality),
     Column("accuracy", "accuracy", _show(lambda v: fmt.pct(v, 2), lambda r: r.accuracy)),
     Column("top1", "top-1 agreement", _show(lambda v: fmt.pct(v, 2), lambda r: r.top1_agreement)),

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import HarnessError
 from ..records import ResultRow
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,7 +103,13 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: sqlite3.Connection) -> None:
+    """5: the timing rounds left out of a row's statistics as disturbed (older rows: NULL, every round counted)."""
+    conn.execute("ALTER TABLE results ADD COLUMN rounds_disturbed_json TEXT")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
+                                                               4: _v4_to_v5}
 
 
 def new_run_id() -> str:
