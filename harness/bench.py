@@ -154,11 +154,13 @@ class Benchmark:
             if run["config_hash"] != config_hash(self.cfg):
                 raise HarnessError(f"cannot resume {resume}: the config changed since it started; "
                                    "resume with the same config or start a new run")
+            self.store.acquire_lease(resume)  # a second --resume of a run being measured is refused
             return resume
         run_id = new_run_id()
         self.store.create_run(run_id, name=self.cfg.name, config_toml=self.cfg.source, config_hash=config_hash(self.cfg),
                               target=self.profile.name, target_json=self.profile.tvm_target, host=host_metadata(),
                               harness_version=__version__)
+        self.store.acquire_lease(run_id)  # released when the store closes or the process exits
         return run_id
 
     def run(self, run_id: str, jobs: list[Job]) -> dict:

@@ -15,7 +15,6 @@ plan says so. The compile step only reads the plan.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 import traceback
@@ -79,10 +78,15 @@ class _JsonCache:
         return data if isinstance(data, dict) and data.get("format") == CACHE_FORMAT else {}
 
     def write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**data, "format": CACHE_FORMAT}))
-        tmp.replace(self.path)
+        """Atomic (this writer's own temp file, fsync, rename); a cache that cannot be written is only a cache: the
+        next run measures again."""
+        from .cache import atomic_write
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps({**data, "format": CACHE_FORMAT}).encode())
+        except OSError:
+            pass
 
 
 def timing_cache(fingerprint: dict) -> _JsonCache:
@@ -98,10 +102,13 @@ def _survey(req: BuildRequest) -> tuple[list[_Layer], dict]:
     weights by layer key (needed to build kernels that still have to be timed)."""
     cached = _survey_cache(req).read()
     if cached:
-        return [_Layer(x["key"], tuple(x["shape"]), x["batch"],
-                       {label: (_candidate(c), k) for label, (c, k) in x["kernels"].items()},
-                       (x["rule"][0], _candidate(x["rule"][1]), x["rule"][2]),
-                       tuple(x["conv"]) if x.get("conv") else None) for x in cached["layers"]], {}
+        try:
+            return [_Layer(x["key"], tuple(x["shape"]), x["batch"],
+                           {label: (_candidate(c), k) for label, (c, k) in x["kernels"].items()},
+                           (x["rule"][0], _candidate(x["rule"][1]), x["rule"][2]),
+                           tuple(x["conv"]) if x.get("conv") else None) for x in cached["layers"]], {}
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            pass  # a damaged survey is a miss: survey again (and overwrite it)
     from schedules.choose import kernel_key, pattern_digest, rule_chooser
     from schedules.cuda import GpuInfo
     from schedules.kernels import candidates, label
@@ -175,7 +182,7 @@ def select_kernels(requests: Sequence[BuildRequest], *, transport, python: str, 
         board = board_fingerprint(transport, python, timeout_s=min(timeout_s, 300))
         fingerprint = {**board, "target": target, "schedules": schedules_hash(), "tvm_host": _host_tvm()}
         cache = timing_cache(fingerprint)
-        times = dict(cache.read().get("times", {}))
+        times = _valid_times(cache.read().get("times"))
         missing = {k: (c, layer.key) for layer in surveyed.values() for c, k in layer.kernels.values()
                    if k not in times}
         selection.reused = len({k for layer in surveyed.values() for _, k in layer.kernels.values() if k in times})
@@ -200,6 +207,15 @@ def select_kernels(requests: Sequence[BuildRequest], *, transport, python: str, 
     selection.plan = _plan(transport.device, fingerprint, surveyed, times, note, fresh)
     selection.seconds = time.perf_counter() - start
     return selection
+
+
+def _valid_times(times) -> dict:
+    """The well-formed entries of a timing cache's ``times`` (``{kernel_key: {"median_us": float, ...}}``, or an
+    entry without ``median_us`` for a kernel that could not be timed); a damaged one is timed again, never a crash."""
+    if not isinstance(times, dict):
+        return {}
+    return {k: v for k, v in times.items() if isinstance(v, dict) and
+            ("median_us" not in v or isinstance(v["median_us"], (int, float)) and not isinstance(v["median_us"], bool))}
 
 
 def _host_tvm() -> str:

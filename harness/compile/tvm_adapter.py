@@ -223,23 +223,30 @@ def build(req: BuildRequest, cache: ArtifactCache | None = None) -> BuildResult:
     hit = cache.lookup(key)
     if hit is not None:
         return hit
-    folder = cache.folder(key)
-    tmp = folder / "model.tmp.so"
+    tmp = cache.temp_path(key)  # this builder's own: a concurrent builder of the same key writes another
     start = time.perf_counter()
     try:
         layers = _compile(req, tmp, toolchain, cuda)
     except Exception as err:  # a failed compile is a row, not an aborted sweep
+        tmp.unlink(missing_ok=True)
         last = traceback.format_exception_only(type(err), err)[-1].strip()
         return BuildResult(key=key, artifact=None, artifact_bytes=None, compile_s=None, cached=False,
                            tvm_version=version, error=f"compile: {last[:2000]}", toolchain=linker)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     compile_s = time.perf_counter() - start
-    lib = folder / "model.so"
-    tmp.replace(lib)
     request = {"onnx_path": str(req.onnx_path), "onnx_sha256": req.onnx_sha256,
                "inputs": [spec.to_json() for spec in req.inputs], "target": req.target, "kernels": req.kernels,
                "toolchain": req.toolchain}
     plan = req.plan.to_json() if req.plan is not None else None
-    cache.store(key, compile_s, layers, version, {"toolchain": linker, "notes": notes, "request": request,
-                                                  "plan": plan})
+    try:
+        lib = cache.store(key, compile_s, layers, version, {"toolchain": linker, "notes": notes, "request": request,
+                                                            "plan": plan}, built=tmp)
+    except OSError as err:  # a full or read-only cache disk: this variant's row says so, the sweep goes on
+        tmp.unlink(missing_ok=True)
+        return BuildResult(key=key, artifact=None, artifact_bytes=None, compile_s=compile_s, cached=False,
+                           tvm_version=version, error=f"cache: cannot store the artifact in {tmp.parent} ({err}); "
+                           "free space there or point SPARSEBENCH_CACHE at a writable disk", toolchain=linker)
     return BuildResult(key=key, artifact=lib, artifact_bytes=lib.stat().st_size, compile_s=compile_s, cached=False,
                        layers=tuple(layers), tvm_version=version, toolchain=linker, notes=tuple(notes))
