@@ -1,0 +1,320 @@
+"""The results store under concurrency and I/O errors: real SQLite files, real processes, real full and read-only
+file systems (a small tmpfs, where this machine lets us mount one).
+
+Each case asserts the one-line message (a HarnessError naming the file and the fix) and that every row committed
+before is still there."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import HarnessError
+from harness.records import ResultRow
+from harness.store import SCHEMA_VERSION, ResultStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(key: str, run_id: str = "r1") -> ResultRow:
+    return ResultRow(run_id=run_id, variant_key=key, device="localhost", model="m", method="dense",
+                     sparsity_target=0.0, block="", batch=1, target="local", target_json={"kind": "llvm"},
+                     transport="local", verdict="VALID")
+
+
+def _new_run(store: ResultStore, run_id: str = "r1") -> None:
+    store.create_run(run_id, name="n", config_toml="", config_hash="h", target="local", target_json={}, host={},
+                     harness_version="0")
+
+
+def _keys(path: Path, run_id: str = "r1") -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT variant_key FROM results WHERE run_id=? ORDER BY id", (run_id,))]
+    finally:
+        conn.close()
+
+
+# concurrent creators ---------------------------------------------------------------------------------------------
+
+def _open_at_once(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        ResultStore(path).close()
+        results.put("ok")
+    except Exception as err:  # noqa: BLE001 - the test reports whatever went wrong
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """Many processes open the same *new* database at the same moment, many times: every one succeeds, and the
+    database is complete (schema version, WAL). Before, one could fail with "not a SQLite database ... move it
+    away" about a valid file (the schema was created statement by statement, outside one transaction, so a second
+    creator's INSERT of the schema version failed -- an IntegrityError, reported as a file that is no database)."""
+    ctx = multiprocessing.get_context("fork")
+    n, rounds = 6, 25
+    failures = []
+    for i in range(rounds):
+        path = str(tmp_path / f"r{i}.db")
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, results)) for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join()
+        failures += [r for r in outcomes if r != "ok"]
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+    assert failures == []
+
+
+def test_a_writer_waits_for_another_process_lock_instead_of_failing(tmp_path):
+    """Busy timeout: a row stored while another process holds the write lock for a moment waits and lands; a
+    reader is not blocked by that writer (WAL)."""
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.add_result(_row("a"))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, sys, time
+        conn = sqlite3.connect({str(db)!r}, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")  # without WAL this would lock readers out too
+        print("locked", flush=True)
+        time.sleep(1.5)
+        conn.execute("COMMIT")
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    start = time.monotonic()
+    assert [r.variant_key for r in store.results("r1")] == ["a"]  # reading while the other holds the lock
+    assert time.monotonic() - start < 0.5
+    start = time.monotonic()
+    store.add_result(_row("b"))
+    assert time.monotonic() - start > 0.5  # it waited for the lock
+    assert holder.wait(timeout=30) == 0
+    assert _keys(db) == ["a", "b"]
+    store.close()
+
+
+def test_schema_5_store_is_migrated_to_leases(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.add_result(_row("a"))
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE leases")
+    conn.execute("UPDATE meta SET value='5'")
+    conn.commit()
+    conn.close()
+    store = ResultStore(db)
+    store.acquire_lease("r1")
+    assert store.conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "6"
+    assert [r.variant_key for r in store.results("r1")] == ["a"]
+    store.close()
+
+
+# the run lease ---------------------------------------------------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from harness.store import ResultStore
+store = ResultStore({db!r})
+store.acquire_lease("r1")
+print("held", flush=True)
+sys.stdin.readline()  # until the test closes stdin{after}
+"""
+
+
+def _holder(db: Path, after: str = "") -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER.format(root=str(ROOT), db=str(db), after=after)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_lease_is_refused_a_dead_one_taken_over(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    holder = _holder(db)
+    with pytest.raises(HarnessError) as err:
+        store.acquire_lease("r1")
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.startswith(f"run r1 is being measured by pid {holder.pid} on host ") and " since " in line
+    assert "wait for it" in line
+    holder.send_signal(signal.SIGKILL)  # no cleanup runs: the lease stays in the table, its process is gone
+    holder.wait()
+    store.acquire_lease("r1")  # taken over
+    row = store.conn.execute("SELECT pid FROM leases WHERE run_id='r1'").fetchone()
+    assert row[0] == os.getpid()
+    store.add_result(_row("a"))  # refreshes the heartbeat of the lease it holds
+    store.close()
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0  # released at close
+
+
+def test_a_lease_is_released_at_exit_without_close(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    holder = _holder(db, after="\nprint('bye')")  # the process ends normally, never calling close()
+    holder.stdin.close()
+    assert holder.wait(timeout=30) == 0
+    assert store.conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+    store.acquire_lease("r1")
+    store.close()
+
+
+def test_an_expired_lease_of_another_host_is_taken_over_a_fresh_one_is_not(tmp_path):
+    from harness.store.sqlite import LEASE_TTL_S
+
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    now = time.time()
+    with store.conn:
+        store.conn.execute("INSERT INTO leases VALUES ('r1', 'elsewhere', 4242, '', 'x', ?, ?)", (now - 60, now - 5))
+    with pytest.raises(HarnessError, match="run r1 is being measured by pid 4242 on host elsewhere"):
+        store.acquire_lease("r1")
+    with store.conn:
+        store.conn.execute("UPDATE leases SET heartbeat=?", (now - LEASE_TTL_S - 1,))
+    store.acquire_lease("r1")
+    store.close()
+
+
+def test_a_process_whose_lease_was_taken_over_stops_and_keeps_its_row(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.acquire_lease("r1")
+    with store.conn:  # another process took the run over (this one sent no heartbeat for too long)
+        store.conn.execute("UPDATE leases SET host='elsewhere', pid=4242, token='theirs'")
+    with pytest.raises(HarnessError, match="run r1 was taken over by pid 4242 on host elsewhere"):
+        store.add_result(_row("a"))
+    assert _keys(db) == ["a"]
+    store.close()
+    assert sqlite3.connect(db).execute("SELECT token FROM leases").fetchone()[0] == "theirs"  # theirs stays
+
+
+# I/O errors ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 256 KiB tmpfs (a disk that can be filled, or mounted read-only); skipped where mounting is not allowed."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError as err:
+        assert err.errno == 28
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_is_one_line_and_keeps_every_committed_row(tmpfs):
+    db = tmpfs / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.add_result(_row("a"), samples_ns=[1, 2, 3], outputs=np.ones(10, np.float32))
+    filler = _fill(tmpfs)
+    with pytest.raises(HarnessError) as err:
+        store.add_result(_row("b"), samples_ns=list(range(5000)), outputs=np.zeros(50_000, np.float32))
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"results store {db}: cannot store the row b (")
+    assert "free space on the disk holding" in line and "--resume r1" in line
+    assert [r.variant_key for r in store.results("r1")] == ["a"] and _keys(db) == ["a"]
+    filler.unlink()
+    store.add_result(_row("b"))  # space again: the run goes on
+    store.close()
+    assert _keys(db) == ["a", "b"]
+
+
+def test_read_only_media_opens_for_reading_and_a_write_says_what_to_fix(tmpfs):
+    db = tmpfs / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.add_result(_row("a"))
+    store.close()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    store = ResultStore(db)  # reports still work
+    assert [r.variant_key for r in store.results("r1")] == ["a"]
+    for write in (lambda: store.add_result(_row("b")), lambda: store.acquire_lease("r1"), lambda: _new_run(store, "r2")):
+        with pytest.raises(HarnessError) as err:
+            write()
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(f"results store {db}: cannot ")
+        assert "readonly" in line and "writable" in line
+    store.close()
+    with pytest.raises(HarnessError) as err:
+        ResultStore(tmpfs / "new.db")  # a new store in a read-only folder
+    assert f"make the folder {tmpfs} writable" in str(err.value)
+
+
+def _chattr(flag: str, *paths: Path) -> None:
+    proc = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr {flag} not possible here: {proc.stderr.strip()}")
+
+
+def test_folder_made_unwritable_mid_run_loses_nothing(tmp_path):
+    """The folder turns unwritable (immutable) while the run goes on: rows still land (WAL needs no new file per
+    transaction); before, every row needed a new journal file and failed with a traceback."""
+    folder = tmp_path / "db"
+    db = folder / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.add_result(_row("a"))
+    _chattr("+i", folder)
+    try:
+        store.add_result(_row("b"))
+        store.close()
+        assert _keys(db) == ["a", "b"]
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+def test_database_file_made_unwritable_mid_run_is_one_line(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    store.add_result(_row("a"))
+    files = [p for p in (db, Path(f"{db}-wal")) if p.exists()]  # not -shm: it is mapped, SIGBUS if immutable
+    _chattr("+i", *files)
+    try:
+        with pytest.raises(HarnessError) as err:
+            store.add_result(_row("b"))
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(f"results store {db}: cannot store the row b (")
+        assert "--resume r1" in line
+        assert [r.variant_key for r in store.results("r1")] == ["a"]
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=False)
+    store.close()
+    assert _keys(db) == ["a"]
