@@ -318,3 +318,55 @@ def test_database_file_made_unwritable_mid_run_is_one_line(tmp_path):
         subprocess.run(["chattr", "-i", *map(str, files)], check=False)
     store.close()
     assert _keys(db) == ["a"]
+
+
+# two resumes of one run, through the command line ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_resume_of_a_running_run_is_refused_then_a_killed_run_is_taken_over(tmp_path, small_model):
+    """A run in progress holds its lease: a `--resume` of it from another process is refused with one line (before,
+    both measured every missing row). Killed with SIGKILL (no cleanup runs), its lease is taken over by the next
+    `--resume`, which measures only what is missing."""
+    from conftest import sparsebench, write_config
+
+    model, eval_set = small_model
+    db = tmp_path / "r.db"
+    cfg = write_config(tmp_path / "c.toml", model=model, eval_set=eval_set, db=db, levels=(0, 0.9),
+                       methods=("unstructured",), batch=(1, 2), min_s=1.0)
+    first = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(cfg), "--no-progress"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        run_id = None
+        deadline = time.time() + 300
+        while run_id is None and time.time() < deadline and first.poll() is None:
+            try:
+                conn = sqlite3.connect(db)
+                row = conn.execute("SELECT run_id, pid FROM leases").fetchone()
+                conn.close()
+            except sqlite3.OperationalError:
+                row = None
+            if row:
+                assert row[1] == first.pid
+                run_id = row[0]
+            time.sleep(0.05)
+        assert run_id, first.communicate()
+        second = sparsebench("run", str(cfg), "--resume", run_id, "--no-progress")
+        assert first.poll() is None, "the first run ended before the second resume was refused: make it longer"
+        assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr
+        lines = [l for l in second.stderr.splitlines() if l.startswith("sparsebench: error:")]
+        assert len(lines) == 1, second.stderr
+        assert f"run {run_id} is being measured by pid {first.pid} on host " in lines[0]
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None and not _keys(db, run_id):
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    before = _keys(db, run_id)
+    assert 0 < len(before) < 4, before
+    resumed = sparsebench("run", str(cfg), "--resume", run_id, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"kept {len(before)} from before" in resumed.stderr
+    after = _keys(db, run_id)
+    assert len(after) == 4 and after[:len(before)] == before
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0  # released at the end
