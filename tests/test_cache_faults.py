@@ -221,3 +221,30 @@ def test_damaged_survey_and_timing_caches_are_a_miss(tmp_path, small_request, mo
     good = {"k1": {"median_us": 1.5}, "k2": {"error": "did not run"}}
     assert select._valid_times({**good, "k3": 7, "k4": {"median_us": "fast"}, "k5": [1]}) == good
     assert select._valid_times([1, 2]) == {} and select._valid_times(None) == {}
+
+
+@pytest.mark.slow
+def test_run_after_a_truncated_cached_library_rebuilds_it(tmp_path, small_model):
+    """`sparsebench run`, its cached .so truncated, `sparsebench run` again: the second run rebuilds it, says so in
+    one line, and measures (before, every run and resume of it died with SIGBUS in the runner)."""
+    import sqlite3
+
+    from conftest import sparsebench, write_config
+
+    model, eval_set = small_model
+    db = tmp_path / "r.db"
+    cfg = write_config(tmp_path / "c.toml", model=model, eval_set=eval_set, db=db, levels=(0,), methods=(),
+                       batch=(3,))
+    first = sparsebench("run", str(cfg), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    (key,) = [r[0] for r in sqlite3.connect(db).execute("SELECT artifact_key FROM results")]
+    lib = ArtifactCache().root / key[:32] / "model.so"
+    with open(lib, "r+b") as f:
+        f.truncate(lib.stat().st_size // 2)
+    second = sparsebench("run", str(cfg), "--no-progress")
+    assert second.returncode == 0, second.stderr
+    said = [line for line in second.stderr.splitlines() if line.startswith("artifact cache:")]
+    assert len(said) == 1 and str(lib.parent) in said[0] and "truncated" in said[0], second.stderr
+    rows = sqlite3.connect(db).execute("SELECT verdict, error, overhead_json FROM results ORDER BY id").fetchall()
+    assert len(rows) == 2 and all(r[0] != "ERROR" for r in rows), rows
+    assert json.loads(rows[1][2])["compile_cached"] is False  # rebuilt
