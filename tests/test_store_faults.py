@@ -265,7 +265,8 @@ def test_read_only_media_opens_for_reading_and_a_write_says_what_to_fix(tmpfs):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     store = ResultStore(db)  # reports still work
     assert [r.variant_key for r in store.results("r1")] == ["a"]
-    for write in (lambda: store.add_result(_row("b")), lambda: store.acquire_lease("r1"), lambda: _new_run(store, "r2")):
+    writes = (lambda: store.add_result(_row("b")), lambda: store.acquire_lease("r1"), lambda: _new_run(store, "r2"))
+    for write in writes:
         with pytest.raises(HarnessError) as err:
             write()
         line = str(err.value)
@@ -370,3 +371,20 @@ def test_second_resume_of_a_running_run_is_refused_then_a_killed_run_is_taken_ov
     after = _keys(db, run_id)
     assert len(after) == 4 and after[:len(before)] == before
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0  # released at the end
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_zombie_or_reused_pid_does_not_keep_a_lease(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    _new_run(store)
+    holder = _holder(db)
+    holder.send_signal(signal.SIGKILL)
+    while not open(f"/proc/{holder.pid}/stat").read().split(")")[1].split()[0] == "Z":  # dead, not yet reaped
+        time.sleep(0.01)
+    store.acquire_lease("r1")  # a zombie measures nothing
+    holder.wait()
+    with store.conn:  # this very process, but started at another time: the pid was reused
+        store.conn.execute("UPDATE leases SET token='old', pid_start='1'")
+    store.acquire_lease("r1")
+    store.close()

@@ -175,15 +175,21 @@ def _code(err: BaseException) -> int | None:
     return None if code is None else code & 0xFF
 
 
-def _pid_start(pid: int) -> str:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat`` field 22), '' where unknown: a pid
-    reused by another process does not keep a dead run's lease."""
+def _proc_stat(pid: int) -> tuple[str, str]:
+    """(state, start time) of process ``pid`` from ``/proc/PID/stat`` (fields 3 and 22; the start in clock ticks
+    since boot), ('', '') where unknown: a pid reused by another process does not keep a dead run's lease, nor does
+    a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode(errors="replace")
-        return stat[stat.rindex(")") + 2:].split()[19]
+        fields = stat[stat.rindex(")") + 2:].split()
+        return fields[0], fields[19]
     except (OSError, ValueError, IndexError):
-        return ""
+        return "", ""
+
+
+def _pid_start(pid: int) -> str:
+    return _proc_stat(pid)[1]
 
 
 def _stamp(t: float) -> str:
@@ -209,6 +215,8 @@ class ResultStore:
             self._wal()
         except sqlite3.DatabaseError as err:
             if not self._open_immutable(err):
+                if getattr(self, "conn", None) is not None:
+                    self.conn.close()
                 raise self._error(err, "open it") from None
 
     def _connect(self) -> sqlite3.Connection:
@@ -314,7 +322,8 @@ class ResultStore:
             fix = "choose a writable path with --db"
         kept = f"; the rows stored before are kept: continue with --resume {run_id}" if run_id else ""
         name = getattr(err, "sqlite_errorname", "")
-        return HarnessError(f"results store {self.path}: cannot {doing} ({text}{', ' + name if name else ''}); {fix}{kept}")
+        why = f"{text}, {name}" if name else text
+        return HarnessError(f"results store {self.path}: cannot {doing} ({why}); {fix}{kept}")
 
     @contextmanager
     def _writing(self, doing: str, run_id: str | None = None):
@@ -369,7 +378,8 @@ class ResultStore:
             return False
         except PermissionError:
             pass  # alive, someone else's
-        return not row["pid_start"] or _pid_start(row["pid"]) in ("", row["pid_start"])
+        state, start = _proc_stat(row["pid"])
+        return state != "Z" and (not row["pid_start"] or start in ("", row["pid_start"]))
 
     def release_lease(self, run_id: str) -> None:
         """Give up the lease of ``run_id`` (best effort: a lease left behind by a failed write is taken over as
