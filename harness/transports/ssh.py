@@ -819,23 +819,27 @@ def _pid_alive(pid: int) -> bool:
 
 def _record_exit_signals() -> None:
     """Teach paramiko's channels to keep the ``exit-signal`` request (paramiko ignores it): a command killed by a
-    signal then says which (``chan.sparsebench_exit_signal``, e.g. ``"SEGV"``) instead of a bare exit status -1."""
-    from paramiko.channel import Channel
+    signal then says which (``chan.sparsebench_exit_signal``, e.g. ``"SEGV"``) instead of a bare exit status -1.
+    paramiko dispatches channel messages through ``Transport._channel_handler_table``; its request entry is
+    wrapped once."""
+    from paramiko.common import MSG_CHANNEL_REQUEST
+    from paramiko.transport import Transport as ParamikoTransport
 
-    if getattr(Channel, "_sparsebench_signals", False):
+    table = ParamikoTransport._channel_handler_table
+    original = table[MSG_CHANNEL_REQUEST]
+    if getattr(original, "sparsebench", False):
         return
-    original = Channel._handle_request
 
-    def handle_request(self, m):
+    def handle_request(chan, m):
         position = m.packet.tell()
         try:
             if m.get_text() == "exit-signal":
                 m.get_boolean()
-                self.sparsebench_exit_signal = m.get_text()
+                chan.sparsebench_exit_signal = m.get_text()
         except Exception:  # a malformed request: paramiko's own handler decides
             pass
         m.packet.seek(position)
-        return original(self, m)
+        return original(chan, m)
 
-    Channel._handle_request = handle_request
-    Channel._sparsebench_signals = True
+    handle_request.sparsebench = True
+    table[MSG_CHANNEL_REQUEST] = handle_request
