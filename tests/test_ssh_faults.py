@@ -135,13 +135,13 @@ def runner_pids(root: Path) -> list[int]:
     return [int(p.read_text()) for p in root.glob("*/*/.sparsebench-pid") if p.read_text().strip().isdigit()]
 
 
-def wait_for_runner(root: Path, timeout: float = 30) -> int:
+def wait_for_runner(root: Path, timeout: float = 30, settle: float = 1.0) -> int:
     """The pid of the runner once it started (its work directory's .sparsebench-pid) and printed a heartbeat."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = runner_pids(root)
         if pids:
-            time.sleep(1.0)  # past the imports: the runner is loading or measuring
+            time.sleep(settle)  # past the imports: the runner is loading or measuring
             return pids[0]
         time.sleep(0.05)
     raise AssertionError("the runner did not start")
@@ -192,13 +192,13 @@ def run_job(t, job, seconds: float):
                                measure=measure(seconds), python=sys.executable, label="small@b1")
 
 
-def after(action, root: Path):
+def after(action, root: Path, settle: float = 1.0):
     """Run ``action(runner_pid)`` in a thread once the runner runs; returns the thread (join it)."""
     box = {}
 
     def go():
         try:
-            box["pid"] = wait_for_runner(root)
+            box["pid"] = wait_for_runner(root, settle=settle)
             action(box["pid"])
         except BaseException as err:  # noqa: BLE001 -- reported by the test
             box["error"] = err
@@ -328,14 +328,15 @@ def test_hung_connection_is_a_stall_and_is_cleaned_up(server, job, tmp_path):
 
 def test_hung_channel_but_result_written_is_used(server, job, tmp_path):
     root = tmp_path / "remote"
-    with transport(server, root, stall_s=8.0) as t:
+    with transport(server, root, stall_s=6.0) as t:
         stopped = {}
 
         def hang(pid):
             stopped["pids"] = session_processes(server)
             stop_sessions(server)
 
-        thread = after(hang, root)
+        thread = after(hang, root, settle=0.0)
+        start = time.monotonic()
         try:
             [dev] = run_job(t, job, 0.3)  # the runner finishes well within stall_s, but its output never comes
         finally:
@@ -348,6 +349,7 @@ def test_hung_channel_but_result_written_is_used(server, job, tmp_path):
                         pass
         assert dev.error is None, dev.error
         assert dev.result["ok"] and dev.outputs is not None
+        assert time.monotonic() - start > 6  # it waited for the stall: the result came over a fresh connection
     assert_nothing_left(root, [thread.box["pid"]])
 
 

@@ -58,13 +58,12 @@ class LocalTransport(Transport):
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.kill_group(proc.pid)
+            _stop(proc)
             out, err = proc.communicate()
             return CommandResult(list(command), -1, _text(out), _text(err), time.perf_counter() - start,
                                  timed_out=True, pid=proc.pid)
         except BaseException:
-            self.kill_group(proc.pid)
-            proc.wait()
+            _stop(proc)
             raise
         code = proc.returncode
         sig = _signal_name(-code) if code < 0 else None
@@ -99,6 +98,19 @@ def _text(data) -> str:
     if data is None:
         return ""
     return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """TERM to the command's process group, KILL to what is left of it after 2 s."""
+    for sig, wait_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _signal_name(number: int) -> str:
