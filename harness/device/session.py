@@ -75,13 +75,16 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
                 workdir, cmd, lost = None, None, False
                 try:
                     with _timed(steps, "connect"):
-                        transport.connect()  # ~0 s when open; a connection dropped earlier is reopened here
+                        try:
+                            transport.connect()  # ~0 s when open; a connection dropped earlier is reopened here
+                        except TransportError as err:  # gone since the last job: the bounded reconnects, or
+                            transport.reconnect(str(err))  # DeviceLost -- never one instant ERROR row per job
                     with _timed(steps, "prepare"):
                         workdir = transport.make_workdir(label)
                     with _timed(steps, "upload"):
                         remote_job = _upload(transport, workdir, tmp, models, inputs, batch, measure)
                     timeout_s = measure.timeout_s * len(models)  # timeout_s is one variant's share
-                    with _timed(steps, "run"):
+                    with _timed(steps, "run"), _heartbeat(transport):
                         # TVM_USE_RUNTIME_LIB=1: the device has (and the runner may use) only the TVM runtime.
                         cmd = transport.run(board_command(python or transport.default_python(), "runner", remote_job),
                                             env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=timeout_s, cwd=workdir)
@@ -134,6 +137,17 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
             if error and not run.error:
                 run.error = error
     return runs
+
+
+@contextmanager
+def _heartbeat(transport: Transport):
+    """The runner prints a heartbeat per round: the transport's stall detector may count silence as a stall."""
+    before = transport.heartbeat
+    transport.heartbeat = True
+    try:
+        yield
+    finally:
+        transport.heartbeat = before
 
 
 def _message(err: TransportError) -> str:

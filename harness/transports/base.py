@@ -72,6 +72,9 @@ class Transport(abc.ABC):
     """
 
     name = "abstract"
+    #: set (by the device session) while a command that prints heartbeat lines runs: the board's runner. Transports
+    #: with a stall detector apply it only then (other commands may rightly be silent for long)
+    heartbeat: bool = False
     #: seconds spent opening connections so far (0 for transports that need none)
     connect_s: float = 0.0
 

@@ -613,8 +613,8 @@ class SSHTransport(Transport):
 
     def run(self, command, *, env=None, timeout_s=None, cwd=None) -> CommandResult:
         """Run ``command``, reading its output as it comes. Past ``timeout_s`` its process group is stopped and the
-        result says ``timed_out``; when nothing at all comes for ``stall_s`` (the runner prints a heartbeat line per
-        round) it raises :class:`Stalled`; a dropped connection raises :class:`ConnectionLost`. Interrupted here
+        result says ``timed_out``; while :attr:`heartbeat` is set (the runner prints a heartbeat line per round),
+        nothing at all for ``stall_s`` raises :class:`Stalled`; a dropped connection raises :class:`ConnectionLost`. Interrupted here
         (Ctrl-C, or SIGTERM/SIGHUP turned into an exception), the remote process group is stopped before the
         exception goes on."""
         self.connect()
@@ -652,7 +652,7 @@ class SSHTransport(Transport):
                         stdout, stderr = _strip_pid(out), err.decode(errors="replace")
                         return CommandResult(argv, -1, stdout, stderr, time.perf_counter() - start, timed_out=True,
                                              pid=pid)
-                    if self.stall_s is not None and now - heard > self.stall_s:
+                    if self.heartbeat and self.stall_s is not None and now - heard > self.stall_s:
                         partial = CommandResult(argv, -1, _strip_pid(out), err.decode(errors="replace"),
                                                 time.perf_counter() - start, pid=pid)
                         self._drop()  # the connection is what hung, or the command: a fresh one finds out
@@ -666,8 +666,9 @@ class SSHTransport(Transport):
                 if code == -1 and not chan.eof_received and not signame:
                     raise EOFError("the connection closed before the command ended")
         except BaseException as exc:
-            if not isinstance(exc, (HarnessError, Exception)) and pid is not None:
-                # interrupted (KeyboardInterrupt, SystemExit from a signal): stop what we started on the device
+            if not isinstance(exc, TransportError) and pid is not None:
+                # interrupted (KeyboardInterrupt, the CLI's exception for SIGTERM/SIGHUP) or a bug here: stop what
+                # we started on the device (a lost connection is the session's to handle: it reconnects first)
                 try:
                     self.kill_group(pid)
                 finally:
@@ -680,7 +681,7 @@ class SSHTransport(Transport):
 
     def kill_group(self, pid: int | None) -> None:
         """Stop the process group ``pid`` on the device (TERM, then KILL after up to 3 s): closing the channel
-        alone can leave the command running. Needs a live connection; never raises."""
+        alone can leave the command running. Needs a live connection (nothing is done without one); never raises."""
         if pid is None or not str(pid).isdigit():
             return
         p = int(pid)
@@ -688,9 +689,9 @@ class SSHTransport(Transport):
                   f"while [ $i -lt 30 ] && {{ kill -s 0 -- -{p} 2>/dev/null || kill -s 0 {p} 2>/dev/null; }}; "
                   f"do sleep 0.1; i=$((i+1)); done; kill -s KILL -- -{p} 2>/dev/null; kill -s KILL {p} 2>/dev/null; "
                   "true")
+        if not self._connected():
+            return
         try:
-            if not self._connected():
-                self.connect()
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.settimeout(15)
             chan.exec_command(script)
