@@ -440,13 +440,17 @@ def test_stale_job_directories_of_ours_are_swept_only_ours(server, tmp_path):
     live.mkdir(parents=True)
     (live / ".sparsebench-job").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
                                                        "started": time.time(), "run": "other-run"}))
+    kept = root / "kept-run" / "job-0a0b0c"  # --keep-remote: left for the user even when its owner is gone
+    kept.mkdir(parents=True)
+    (kept / ".sparsebench-job").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "keep": True,
+                                                       "started": time.time() - 60, "run": "kept-run"}))
     foreign = root / "not-ours"  # no marker: never touched
     (foreign / "data").mkdir(parents=True)
     with transport(server, root) as t:
         assert t.swept == [str(stale)]
     orphan.wait(timeout=10)
     assert not stale.exists() and not (root / "old-run").exists()
-    assert live.is_dir() and (foreign / "data").is_dir()
+    assert live.is_dir() and kept.is_dir() and (foreign / "data").is_dir()
 
 
 def test_local_timeout_stops_the_whole_process_group(tmp_path):

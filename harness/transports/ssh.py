@@ -11,6 +11,14 @@ What it promises:
   ``keep`` is set.
 - **Quoted commands.** A command is an argv list; every word, the working directory and each ``NAME=value``
   environment word is ``shlex.quote``-d for the remote POSIX shell.
+- **Faults handled.** Keepalives every ``keepalive_s``; a lost connection raises :class:`ConnectionLost`, and
+  :meth:`reconnect` retries ``reconnect_attempts`` times with a doubling backoff before raising
+  :class:`~harness.errors.DeviceLost` (at once when the host key changed). While the runner runs
+  (:attr:`heartbeat`), ``stall_s`` seconds without output raise :class:`Stalled`; an upload stalls after
+  ``upload_floor_s`` + its size at 1 MB/s without progress. Commands run as their own process group (sshd's
+  session; the runner makes sure) and are stopped as a group on timeout or interrupt. Every work directory has a
+  ``.sparsebench-job`` marker (and ``.sparsebench-pid`` once a command ran there); the first connection sweeps
+  the directories whose owner is gone. A command killed by a signal says which (``CommandResult.signal``).
 - **Clear failures.** Every failure is a :class:`TransportError` whose message starts with ``device user@host:port``
   and says what to do; its step is ``connect``, ``prepare``, ``upload``, ``run``, ``fetch`` or ``clean``.
 
@@ -495,7 +503,7 @@ class SSHTransport(Transport):
         import json
 
         marker = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "started": time.time(),
-                  "run": self.run_name}
+                  "run": self.run_name, "keep": self.keep}
         with self._sftp.open(f"{path}/{JOB_MARKER}", "w") as fh:
             fh.write(json.dumps(marker))
 
@@ -706,7 +714,8 @@ class SSHTransport(Transport):
     def _sweep_stale(self) -> None:
         """Remove the job directories of this harness under the remote root whose owner is gone: the harness
         process that made them (this host: its pid no longer runs; another host: older than a day and nothing
-        running in them). A runner still running in such a directory is stopped first. Never raises."""
+        running in them), except those kept on purpose (``--keep-remote``). A runner still running in such a
+        directory is stopped first. Never raises."""
         import json
 
         try:
@@ -725,6 +734,8 @@ class SSHTransport(Transport):
                             marker = json.loads(fh.read().decode())
                     except (OSError, ValueError):
                         continue  # not ours (no marker): never touched
+                    if marker.get("keep"):
+                        continue  # kept on purpose (--keep-remote): the user removes it
                     runner = None
                     try:
                         with self._sftp.open(f"{job_dir}/{JOB_PID}") as fh:
