@@ -464,3 +464,64 @@ def test_local_timeout_stops_the_whole_process_group(tmp_path):
     assert not alive(child), "the command's child still runs after the timeout"
     res = LocalTransport().run(["sh", "-c", "kill -SEGV $$"])
     assert res.signal == "SIGSEGV"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the whole pipeline: the device lost mid-run stops the run with one line; --resume finishes it
+
+
+@pytest.mark.slow
+def test_cli_device_lost_stops_the_run_then_resume_finishes(server, small_model, tmp_path):
+    import sqlite3
+
+    from conftest import write_config
+    from test_ssh import cli, ssh_options
+
+    model, eval_set = small_model
+    db = tmp_path / "r.db"
+    # one variant at two batches: two device jobs (groups), so a lost device could cascade into two ERROR rows
+    cfg = write_config(tmp_path / "c.toml", model=model, eval_set=eval_set, db=db, levels=(0,),
+                       methods=("unstructured",), batch=(1, 2), min_s=4.0)
+    root = tmp_path / "remote"
+    options = ssh_options(server, tmp_path)
+    thread = after(lambda pid: kill_sshd(server), root)
+    try:
+        proc = cli(server, "run", str(cfg), "--no-progress", *options)
+        thread.join()
+    finally:
+        restart_sshd(server)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("sparsebench: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert f"device ssh://{server.label} unreachable after 3 reconnects over" in lines[0], lines[0]
+    assert "(last: Connection refused); the run stopped; --resume" in lines[0], lines[0]
+    run_id = lines[0].rsplit("--resume ", 1)[1].split()[0]
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT verdict FROM results WHERE run_id=?", (run_id,)).fetchall()
+    conn.close()
+    assert rows == [], rows  # no ERROR row per job: nothing was measured, nothing is stored as failed
+
+    # the device is back: --resume sweeps what the lost run left on it (its runner, its directory) and finishes
+    proc = cli(server, "run", str(cfg), "--no-progress", "--resume", run_id, *options)
+    assert proc.returncode == 0, proc.stderr
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT verdict FROM results WHERE run_id=?", (run_id,)).fetchall()
+    conn.close()
+    assert len(rows) == 2 and all(v != "ERROR" for (v,) in rows), rows
+    assert_nothing_left(root, [thread.box["pid"]])
+
+
+def test_fault_settings_come_from_the_target_profile(server):
+    """reconnect_attempts, reconnect_backoff_s, stall_s and keepalive_s of the target profile reach the transport
+    (TargetProfile fields of these names); a profile without them leaves the defaults."""
+    from types import SimpleNamespace
+
+    from harness.transports.spec import DeviceSpec
+
+    spec = DeviceSpec(device=server.url, identity=(str(server.user_key),), known_hosts=str(server.known_hosts))
+    profile = SimpleNamespace(name="board", transport="ssh", port=22, remote_root="~/sb", python="",
+                              reconnect_attempts=5, reconnect_backoff_s=0.5, stall_s=7.0, keepalive_s=3.0)
+    t = spec.transport(profile, run_name="r")
+    assert (t.reconnect_attempts, t.reconnect_backoff_s, t.stall_s, t.keepalive_s) == (5, 0.5, 7.0, 3.0)
+    t = spec.transport(SimpleNamespace(name="board", transport="ssh", port=22, remote_root="~/sb", python=""))
+    assert (t.reconnect_attempts, t.reconnect_backoff_s, t.stall_s, t.keepalive_s) == (3, 1.0, 60.0, 5.0)
