@@ -298,7 +298,7 @@ class _Entry:
 
     def take_round(self, rules: dict, cpus=()) -> None:
         # a heartbeat on stderr: the host (and a test starting a competing load) sees which round runs now
-        print(f"round {len(self.rounds) + 1} model {self.id}", file=sys.stderr, flush=True)
+        heartbeat(f"round {len(self.rounds) + 1} model {self.id}")
         start_ns = time.perf_counter_ns()
         freqs = cpu_freqs_khz(cpus)
         try:
@@ -335,6 +335,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     for entry in entries:
         start = time.perf_counter()
         try:
+            heartbeat(f"load model {entry.id}")
             entry.model = load_model({**job, **entry.spec}, threads)
             entry.fed = entry.model.feed(first_chunk)
         except Exception as err:  # one artifact that does not load is that row's error, not the job's
@@ -384,6 +385,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     for entry in entries:
         if entry.error is None and energy_cfg is not None:
             start = time.perf_counter()
+            heartbeat(f"energy model {entry.id}")
             try:
                 entry.energy = (entry.model.energy(energy_cfg) if isinstance(entry.model, PeerProcess) else
                                 _measure_energy(lambda: entry.model.run(entry.fed), energy_cfg))
@@ -393,6 +395,7 @@ def run_job(job: dict, workdir: Path) -> dict:
         out_name = None
         if entry.error is None:
             start = time.perf_counter()
+            heartbeat(f"eval model {entry.id}")
             try:
                 first = (entry.model.first_output if isinstance(entry.model, PeerProcess)
                          else lambda chunks: entry.model.first_output(entry.model.feed(chunks)))
@@ -424,6 +427,28 @@ def run_job(job: dict, workdir: Path) -> dict:
     }
 
 
+def heartbeat(what: str) -> None:
+    """One line on stderr: the host's stall detector hears the runner is alive, and after a crash the last line
+    says where it was and how much memory it had (``peak rss``)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    try:
+        print(f"{what} peak rss {rss:.0f} MB", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # nobody listens any more (the connection dropped): measure on, the host
+        pass  # fetches result.json over a fresh one
+
+
+def _own_session() -> None:
+    """A session (and process group) of its own, unless it leads one already (sshd's shell does): the host stops
+    the runner with its children (the peer runtime's process) by that group."""
+    import os
+
+    try:
+        if os.getpgid(0) != os.getpid():
+            os.setsid()
+    except (AttributeError, OSError):  # not POSIX, or not permitted: the pid alone is stopped then
+        pass
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m sparsebench_board.runner JOB.json", file=sys.stderr)
@@ -447,4 +472,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    _own_session()
     sys.exit(main(sys.argv[1:]))

@@ -6,6 +6,8 @@ Step timings are harness overhead, stored apart from model time (which the runne
 from __future__ import annotations
 
 import json
+import re
+import signal
 import tempfile
 import time
 from contextlib import contextmanager
@@ -15,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MeasureConfig
+from ..errors import DeviceLost
 from ..peers import Peer
 from ..transports import Transport, TransportError
+from ..transports.base import CommandResult, ConnectionLost, Stalled
 from .ship import board_command, upload_board
 
 
@@ -54,79 +58,190 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
     runtime runs) + the board package + the evaluation ``inputs`` (one array per model input, in the model's input
     order, each of its input's dtype), run the board's runner once with the TVM runtime only -- it times the models
     in interleaved rounds -- and fetch their results: one :class:`DeviceRun` per model, in order. The step timings
-    are the group's (shared by its runs); a failure of the whole run is every model's error."""
+    are the group's (shared by its runs); a failure of the whole run is every model's error.
+
+    A connection lost on the way is reopened (the transport's bounded backoff) and the job retried once; a
+    ``result.json`` the runner wrote meanwhile is fetched and used instead. A runner that stalls (no heartbeat for
+    the transport's ``stall_s``) is stopped and its row says so. When the device stays unreachable (or its host key
+    changed) :class:`~harness.errors.DeviceLost` propagates: the run stops, to be resumed. Whatever happens --
+    interrupts included -- the job's processes on the device are stopped and its directory removed."""
     runs = [DeviceRun() for _ in models]
     steps: dict[str, float] = {}
     error = None
-    workdir = None
     try:
-        with _timed(steps, "connect"):
-            transport.connect()  # ~0 s when open; a connection dropped by an earlier job is reopened (and timed) here
-        with _timed(steps, "prepare"):
-            workdir = transport.make_workdir(label)
         with tempfile.TemporaryDirectory(prefix="sparsebench-job-") as tmp:
             tmp = Path(tmp)
-            # numbered arrays in input order (an input name need not be a valid file name inside the .npz)
-            np.savez(tmp / "inputs.npz", *[np.ascontiguousarray(a) for a in inputs.values()])
-            with _timed(steps, "upload"):
-                specs = []
-                for i, (artifact, peer) in enumerate(models):
-                    remote = transport.put(artifact, workdir, f"model{i}" + (peer.suffix if peer else ".so"))
-                    specs.append({"id": str(i), "artifact": remote, "engine": peer.engine if peer else "tvm"})
-                upload_board(transport, workdir)
-                remote_inputs = transport.put(tmp / "inputs.npz", workdir)
-                energy = {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
-                          "rate_hz": measure.energy_rate_hz, "root": measure.sensor_root}
-                if measure.meter_command:
-                    energy["meter_command"] = list(measure.meter_command)
-                job = {"models": specs, "eval_inputs": remote_inputs, "input_names": list(inputs),
-                       "batch": batch, "device": "cpu", "warmup_runs": measure.warmup_runs,
-                       "warmup_s": measure.warmup_s, "min_runs": measure.min_runs, "min_s": measure.min_s,
-                       "max_runs": measure.max_runs, "rounds": measure.rounds, "max_rounds": measure.max_rounds,
-                       "max_ci": measure.max_ci, "max_spread": measure.max_spread, "extend_s": measure.extend_s,
-                       "cpus": list(measure.cpus), "energy": energy}
-                (tmp / "job.json").write_text(json.dumps(job))
-                remote_job = transport.put(tmp / "job.json", workdir)
-            timeout_s = measure.timeout_s * len(models)  # timeout_s is one variant's share
-            with _timed(steps, "run"):
-                # TVM_USE_RUNTIME_LIB=1: the device has (and the runner may use) only the TVM runtime.
-                cmd = transport.run(board_command(python or transport.default_python(), "runner", remote_job),
-                                    env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=timeout_s, cwd=workdir)
-            if cmd.timed_out:
-                error = (f"run: timed out after {timeout_s:g} s ({len(models)} variant(s) x [measure].timeout_s); "
-                         "raise [measure].timeout_s")
-                return runs
-            with _timed(steps, "fetch"):
-                transport.get(f"{workdir}/result.json", tmp / "result.json")
-                result = json.loads((tmp / "result.json").read_text())
-                if not result.get("ok"):
-                    error = f"run: {result.get('error', 'runner failed')}"
-                    return runs
-                shared = {k: result.get(k) for k in ("threads", "peak_rss_mb", "rss_after_load_mb", "device_meta")}
-                if isinstance(shared["device_meta"], dict):  # where the runner ran: its CPU affinity
-                    shared["device_meta"] = {**shared["device_meta"], "affinity": result.get("cpus")}
-                for run, got in zip(runs, result["models"]):
-                    run.result = {**got, **shared}
-                    if not got.get("ok"):
-                        run.error = f"run: {got.get('error') or 'runner failed'}"
-                        continue
-                    transport.get(f"{workdir}/{got['outputs']}", tmp / "outputs.npy")
-                    run.outputs = np.load(tmp / "outputs.npy")
-    except TransportError as err:
-        error = str(err)
-    except (OSError, ValueError, KeyError) as err:
-        # result.json missing or unreadable: the runner died before writing it (crash, OOM kill)
-        tail = cmd.tail() if "cmd" in locals() else ""
-        error = f"run: runner produced no result ({err}){'; ' + tail if tail else ''}"
-    finally:
-        if workdir is not None and not keep:
-            with _timed(steps, "clean"):
+            for attempt in (1, 2):
+                workdir, cmd, lost = None, None, False
                 try:
-                    transport.remove(workdir)
-                except TransportError as err:  # files left on the device: say so (the rows are retried on resume)
-                    error = error or str(err)
+                    with _timed(steps, "connect"):
+                        try:
+                            transport.connect()  # ~0 s when open; a connection dropped earlier is reopened here
+                        except TransportError as err:  # gone since the last job: the bounded reconnects, or
+                            transport.reconnect(str(err))  # DeviceLost -- never one instant ERROR row per job
+                    with _timed(steps, "prepare"):
+                        workdir = transport.make_workdir(label)
+                    with _timed(steps, "upload"):
+                        remote_job = _upload(transport, workdir, tmp, models, inputs, batch, measure)
+                    timeout_s = measure.timeout_s * len(models)  # timeout_s is one variant's share
+                    with _timed(steps, "run"), _heartbeat(transport):
+                        # TVM_USE_RUNTIME_LIB=1: the device has (and the runner may use) only the TVM runtime.
+                        cmd = transport.run(board_command(python or transport.default_python(), "runner", remote_job),
+                                            env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=timeout_s, cwd=workdir)
+                    if not cmd.ok:  # whatever it left running (a peer runtime's process after a crash) stops too
+                        transport.kill_group(cmd.pid)
+                    if cmd.timed_out:
+                        error = (f"run: timed out after {timeout_s:g} s ({len(models)} variant(s) x "
+                                 "[measure].timeout_s); raise [measure].timeout_s")
+                        break
+                    with _timed(steps, "fetch"):
+                        error = _fetch(transport, workdir, tmp, runs, cmd, batch)
+                    break
+                except ConnectionLost as err:
+                    try:
+                        with _timed(steps, "connect"):
+                            transport.reconnect(str(err))
+                    except DeviceLost:
+                        lost = True
+                        raise
+                    if workdir is not None and err.step in ("run", "fetch") and _has_result(transport, workdir):
+                        # the command channel hung or dropped, but the runner finished: its result stands
+                        transport.kill_group(err.pid)
+                        with _timed(steps, "fetch"):
+                            error = _fetch(transport, workdir, tmp, runs, cmd or err.result, batch)
+                        break
+                    transport.kill_group(err.pid)
+                    if isinstance(err, Stalled) and err.step == "run":
+                        error = f"run: {_message(err)}; the runner's processes there were stopped"
+                        break
+                    if attempt == 2:
+                        error = f"{err} (again after reconnecting)"
+                        break
+                    continue  # reconnected: the job once more, from a fresh work directory
+                except TransportError as err:
+                    error = str(err)
+                    break
+                except (OSError, ValueError, KeyError) as err:  # a local file the job needs could not be written
+                    error = f"run: runner produced no result ({err})"
+                    break
+                finally:
+                    if workdir is not None and not keep and not lost:
+                        with _timed(steps, "clean"):
+                            try:
+                                transport.remove(workdir)
+                            except TransportError as err:  # files left on the device: say so (retried on resume)
+                                error = error or str(err)
+    finally:
         for run in runs:
             run.steps_s = dict(steps)
             if error and not run.error:
                 run.error = error
     return runs
+
+
+@contextmanager
+def _heartbeat(transport: Transport):
+    """The runner prints a heartbeat per round: the transport's stall detector may count silence as a stall."""
+    before = transport.heartbeat
+    transport.heartbeat = True
+    try:
+        yield
+    finally:
+        transport.heartbeat = before
+
+
+def _message(err: TransportError) -> str:
+    """The error's message without its ``step:`` prefix."""
+    text = str(err)
+    return text[len(err.step) + 2:] if text.startswith(f"{err.step}: ") else text
+
+
+def _upload(transport: Transport, workdir: str, tmp: Path, models, inputs, batch: int, measure: MeasureConfig) -> str:
+    """The models, the board package, the inputs and the job file into ``workdir``; returns the job file's path."""
+    # numbered arrays in input order (an input name need not be a valid file name inside the .npz)
+    np.savez(tmp / "inputs.npz", *[np.ascontiguousarray(a) for a in inputs.values()])
+    specs = []
+    for i, (artifact, peer) in enumerate(models):
+        remote = transport.put(artifact, workdir, f"model{i}" + (peer.suffix if peer else ".so"))
+        specs.append({"id": str(i), "artifact": remote, "engine": peer.engine if peer else "tvm"})
+    upload_board(transport, workdir)
+    remote_inputs = transport.put(tmp / "inputs.npz", workdir)
+    energy = {"idle_s": measure.energy_idle_s, "window_s": measure.energy_window_s,
+              "rate_hz": measure.energy_rate_hz, "root": measure.sensor_root}
+    if measure.meter_command:
+        energy["meter_command"] = list(measure.meter_command)
+    job = {"models": specs, "eval_inputs": remote_inputs, "input_names": list(inputs),
+           "batch": batch, "device": "cpu", "warmup_runs": measure.warmup_runs,
+           "warmup_s": measure.warmup_s, "min_runs": measure.min_runs, "min_s": measure.min_s,
+           "max_runs": measure.max_runs, "rounds": measure.rounds, "max_rounds": measure.max_rounds,
+           "max_ci": measure.max_ci, "max_spread": measure.max_spread, "extend_s": measure.extend_s,
+           "cpus": list(measure.cpus), "energy": energy}
+    (tmp / "job.json").write_text(json.dumps(job))
+    return transport.put(tmp / "job.json", workdir)
+
+
+def _has_result(transport: Transport, workdir: str) -> bool:
+    try:
+        return transport.exists(f"{workdir}/result.json")
+    except TransportError:
+        return False
+
+
+def _fetch(transport: Transport, workdir: str, tmp: Path, runs: list[DeviceRun], cmd: CommandResult | None,
+           batch: int) -> str | None:
+    """``result.json`` and the outputs into ``runs``; returns the group's error (None when the runner ran)."""
+    try:
+        transport.get(f"{workdir}/result.json", tmp / "result.json")
+        result = json.loads((tmp / "result.json").read_text())
+    except (OSError, ValueError) as err:
+        # result.json missing or unreadable: the runner died before writing it (crash, OOM kill)
+        return f"run: {crash_cause(transport, cmd, err, batch)}"
+    if not result.get("ok"):
+        return f"run: {result.get('error', 'runner failed')}"
+    shared = {k: result.get(k) for k in ("threads", "peak_rss_mb", "rss_after_load_mb", "device_meta")}
+    if isinstance(shared["device_meta"], dict):  # where the runner ran: its CPU affinity
+        shared["device_meta"] = {**shared["device_meta"], "affinity": result.get("cpus")}
+    try:
+        for run, got in zip(runs, result["models"]):
+            run.result = {**got, **shared}
+            if not got.get("ok"):
+                run.error = f"run: {got.get('error') or 'runner failed'}"
+                continue
+            transport.get(f"{workdir}/{got['outputs']}", tmp / "outputs.npy")
+            run.outputs = np.load(tmp / "outputs.npy")
+    except (OSError, ValueError, KeyError) as err:
+        return f"run: the runner's result is incomplete ({err})"
+    return None
+
+
+_PEAK_RE = re.compile(r"^(?P<where>.*?) peak rss (?P<mb>\d+) MB\s*$")
+
+
+def crash_cause(transport: Transport, cmd: CommandResult | None, err: BaseException, batch: int) -> str:
+    """Why the runner left no result, as one clause: the signal that killed it (the OOM killer named when the
+    kernel log says so), its last heartbeat (what it was doing, its peak memory) and the batch; else what it
+    printed last."""
+    if cmd is None:
+        return f"runner produced no result ({err})"
+    beat = None
+    for line in reversed(cmd.stderr.splitlines()):
+        beat = _PEAK_RE.match(line.strip())
+        if beat:
+            break
+    context = (f" during {beat['where']} (peak memory {beat['mb']} MB, batch {batch})" if beat
+               else f" (batch {batch})")
+    sig = cmd.signal or ("SIGKILL" if cmd.exit_code == 137 else None)
+    if sig:
+        try:
+            number = signal.Signals[sig].value
+        except KeyError:
+            number = "?"
+        if sig == "SIGKILL":
+            oom = transport.kernel_oom_note(cmd.pid)
+            if oom:
+                return f"runner killed by the OOM killer (out of memory){context}; kernel: {oom[-160:]}"
+            return (f"runner killed by SIGKILL (signal {number}){context}; the OOM killer sends it when memory runs "
+                    "out (the kernel log did not say; check dmesg on the device), or someone killed it")
+        return f"runner killed by {sig} (signal {number}){context}"
+    tail = cmd.tail()
+    return f"runner produced no result ({err}; exit {cmd.exit_code}){context}{'; ' + tail if tail else ''}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ class CommandResult:
     stderr: str
     duration_s: float
     timed_out: bool = False
+    signal: str | None = None  # e.g. "SIGSEGV" when a signal ended the command (exit_code is then -1)
+    pid: int | None = None  # the command's process (group) on the device, where known
 
     @property
     def ok(self) -> bool:
@@ -43,6 +46,25 @@ class TransportError(HarnessError):
         self.result = result
 
 
+class ConnectionLost(TransportError):
+    """The connection dropped or hung during a step; ``pid`` is the remote command's process group if one was
+    started (it may still run on the device). The session reconnects (:meth:`Transport.reconnect`) and retries."""
+
+    def __init__(self, step: str, message: str, result: CommandResult | None = None, pid: int | None = None):
+        super().__init__(step, message, result)
+        self.pid = pid
+
+
+class Stalled(ConnectionLost):
+    """No output and no heartbeat from a running command for ``stall_s`` seconds (or an upload that made no
+    progress): the connection or the command hung. ``seconds`` is how long nothing came."""
+
+    def __init__(self, step: str, message: str, result: CommandResult | None = None, pid: int | None = None,
+                 seconds: float = 0.0):
+        super().__init__(step, message, result, pid)
+        self.seconds = seconds
+
+
 class Transport(abc.ABC):
     """Reach a device: a private work directory there, uploads, commands, downloads, cleanup.
 
@@ -50,6 +72,9 @@ class Transport(abc.ABC):
     """
 
     name = "abstract"
+    #: set (by the device session) while a command that prints heartbeat lines runs: the board's runner. Transports
+    #: with a stall detector apply it only then (other commands may rightly be silent for long)
+    heartbeat: bool = False
     #: seconds spent opening connections so far (0 for transports that need none)
     connect_s: float = 0.0
 
@@ -70,6 +95,41 @@ class Transport(abc.ABC):
 
     def close(self) -> None:
         """Close the connection."""
+
+    def reconnect(self, why: str = "") -> None:
+        """Open a fresh connection after a lost one; raises :class:`~harness.errors.DeviceLost` when the device
+        stays unreachable. Local: nothing to do."""
+        self.close()
+        self.connect()
+
+    def kill_group(self, pid: int) -> None:
+        """Stop the process group ``pid`` (a command started by :meth:`run`) on the device, if it still runs."""
+
+    def exists(self, remote: str) -> bool:
+        """Whether the device file ``remote`` exists."""
+        return False
+
+    def kernel_oom_note(self, pid: int | None) -> str | None:
+        """The kernel's OOM-killer line for ``pid`` (from dmesg, else ``journalctl -k``); None when the log has
+        none or cannot be read."""
+        try:
+            res = self.run(["sh", "-c", "dmesg 2>/dev/null | tail -n 300; journalctl -k -n 300 -q 2>/dev/null"],
+                           timeout_s=20)
+        except (HarnessError, OSError):
+            return None
+        return oom_line(res.stdout, pid)
+
+
+_OOM_RE = re.compile(r"(?:Out of memory|Memory cgroup out of memory): Killed process (\d+)|oom-kill:.*?\bpid=(\d+)")
+
+
+def oom_line(log: str, pid: int | None) -> str | None:
+    """The last kernel log line where the OOM killer killed ``pid`` (any pid when None)."""
+    for line in reversed(log.splitlines()):
+        match = _OOM_RE.search(line)
+        if match and (pid is None or int(match.group(1) or match.group(2)) == pid):
+            return line.strip()
+    return None
 
     @abc.abstractmethod
     def make_workdir(self, label: str) -> str:

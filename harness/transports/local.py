@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,15 +48,44 @@ class LocalTransport(Transport):
         return Path(local)
 
     def run(self, command, *, env=None, timeout_s=None, cwd=None) -> CommandResult:
+        """The command in a session of its own (``start_new_session``): on a timeout, or when this process is
+        interrupted (Ctrl-C, SIGTERM turned into an exception), its whole process group is stopped."""
         full_env = dict(os.environ)
         full_env.update(env or {})
         start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                                cwd=cwd, start_new_session=True)
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout_s, cwd=cwd)
-        except subprocess.TimeoutExpired as err:
-            return CommandResult(list(command), -1, _text(err.stdout), _text(err.stderr),
-                                 time.perf_counter() - start, timed_out=True)
-        return CommandResult(list(command), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            out, err = proc.communicate()
+            return CommandResult(list(command), -1, _text(out), _text(err), time.perf_counter() - start,
+                                 timed_out=True, pid=proc.pid)
+        except BaseException:
+            _stop(proc)
+            raise
+        code = proc.returncode
+        sig = _signal_name(-code) if code < 0 else None
+        return CommandResult(list(command), code, out, err, time.perf_counter() - start, signal=sig,
+                             pid=proc.pid)
+
+    def kill_group(self, pid: int) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+                time.sleep(0.05)
+
+    def exists(self, remote: str) -> bool:
+        return Path(remote).exists()
 
     def remove(self, remote_dir: str) -> None:
         shutil.rmtree(remote_dir, ignore_errors=True)
@@ -68,3 +98,23 @@ def _text(data) -> str:
     if data is None:
         return ""
     return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """TERM to the command's process group, KILL to what is left of it after 2 s."""
+    for sig, wait_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -57,6 +57,9 @@ class DeviceSpec:
             "default_port": profile.port if from_profile else None,
             "connect_timeout_s": self.connect_timeout_s,
         }
+        # the link's fault handling, from the target profile where it sets them (TargetProfile fields of these names)
+        for key in ("reconnect_attempts", "reconnect_backoff_s", "stall_s", "keepalive_s"):
+            options[key] = getattr(profile, key, None)
         return make_transport(device, **{k: v for k, v in options.items() if v is not None})
 
     def python_for(self, profile=None) -> str:

@@ -11,6 +11,14 @@ What it promises:
   ``keep`` is set.
 - **Quoted commands.** A command is an argv list; every word, the working directory and each ``NAME=value``
   environment word is ``shlex.quote``-d for the remote POSIX shell.
+- **Faults handled.** Keepalives every ``keepalive_s``; a lost connection raises :class:`ConnectionLost`, and
+  :meth:`reconnect` retries ``reconnect_attempts`` times with a doubling backoff before raising
+  :class:`~harness.errors.DeviceLost` (at once when the host key changed). While the runner runs
+  (:attr:`heartbeat`), ``stall_s`` seconds without output raise :class:`Stalled`; an upload stalls after
+  ``upload_floor_s`` + its size at 1 MB/s without progress. Commands run as their own process group (sshd's
+  session; the runner makes sure) and are stopped as a group on timeout or interrupt. Every work directory has a
+  ``.sparsebench-job`` marker (and ``.sparsebench-pid`` once a command ran there); the first connection sweeps
+  the directories whose owner is gone. A command killed by a signal says which (``CommandResult.signal``).
 - **Clear failures.** Every failure is a :class:`TransportError` whose message starts with ``device user@host:port``
   and says what to do; its step is ``connect``, ``prepare``, ``upload``, ``run``, ``fetch`` or ``clean``.
 
@@ -38,14 +46,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import HarnessError
-from .base import CommandResult, Transport, TransportError
+from ..errors import DeviceLost, HarnessError
+from .base import CommandResult, ConnectionLost, Stalled, Transport, TransportError
 
 DEFAULT_REMOTE_ROOT = "~/.cache/sparsebench"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
 DEFAULT_IO_TIMEOUT_S = 120.0  # one SFTP request or reply; a hung board shows up as a lost connection
+DEFAULT_RECONNECT_ATTEMPTS = 3  # after a lost connection: reconnects before the device counts as lost
+DEFAULT_RECONNECT_BACKOFF_S = 1.0  # wait before the first reconnect; doubled before each next one
+DEFAULT_STALL_S = 60.0  # a running command that prints nothing (no heartbeat) for this long has stalled
+DEFAULT_KEEPALIVE_S = 5.0
+UPLOAD_FLOOR_S = 10.0  # an upload may take this long plus its size at UPLOAD_MIN_RATE before it counts as stalled
+UPLOAD_MIN_RATE = 1 << 20  # bytes per second: the slowest link we wait for
+JOB_MARKER = ".sparsebench-job"  # in every work directory: who made it (host, pid, time)
+JOB_PID = ".sparsebench-pid"  # in every work directory where a command ran: its process (group) id on the device
+STALE_FOREIGN_S = 24 * 3600  # a job directory of another host is swept only when this old and nothing runs in it
 
 _HOST_RE = r"(?P<host>\[[^\]/@]+\]|[^\[\]:/@\s]+)"
 _URL_RE = re.compile(rf"^ssh://(?:(?P<user>[^@/:\s]+)@)?{_HOST_RE}(?::(?P<port>\d+))?/?$")
@@ -183,7 +200,9 @@ class SSHTransport(Transport):
                  trust_new_host: bool = False, ssh_config: str | None = None, remote_root: str | None = None,
                  run_name: str = "", keep: bool = False, connect_timeout_s: float | None = None,
                  io_timeout_s: float = DEFAULT_IO_TIMEOUT_S, default_port: int | None = None,
-                 require_alias: bool = False):
+                 require_alias: bool = False, reconnect_attempts: int = DEFAULT_RECONNECT_ATTEMPTS,
+                 reconnect_backoff_s: float = DEFAULT_RECONNECT_BACKOFF_S, stall_s: float = DEFAULT_STALL_S,
+                 keepalive_s: float = DEFAULT_KEEPALIVE_S, sweep: bool = True):
         if host.startswith("ssh://"):
             url_user, host, url_port = parse_ssh_url(host)
             user, port = user or url_user, port or url_port
@@ -207,6 +226,16 @@ class SSHTransport(Transport):
         self.keep = keep
         self.connect_timeout_s = connect_timeout_s or self.endpoint.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
         self.io_timeout_s = io_timeout_s
+        self.reconnect_attempts = max(0, int(reconnect_attempts))
+        self.reconnect_backoff_s = max(0.0, float(reconnect_backoff_s))
+        self.stall_s = float(stall_s) if stall_s else None
+        self.keepalive_s = keepalive_s
+        self.upload_floor_s = UPLOAD_FLOOR_S
+        self.token = secrets.token_hex(8)  # names this transport in the job markers it writes
+        _LIVE.add(self.token)
+        self.sweep = sweep  # on the first connection: remove stale job directories of this harness
+        self.swept: list[str] = []  # the job directories that sweep removed
+        self.last_pid: int | None = None  # the process (group) of the last command run, once it printed its pid
         self.home: str | None = None  # remote home directory, known once connected
         self.session_dir: str | None = None  # <root>/<run_name>, created by the first make_workdir
         self._client = None
@@ -219,8 +248,11 @@ class SSHTransport(Transport):
     def device(self) -> str:
         return self.endpoint.label
 
-    def _error(self, step: str, message: str, result: CommandResult | None = None) -> TransportError:
-        return TransportError(step, f"device {self.device}: {message}", result)
+    def _error(self, step: str, message: str, result: CommandResult | None = None, *,
+               reason: str | None = None) -> TransportError:
+        err = TransportError(step, f"device {self.device}: {message}", result)
+        err.reason = reason or message  # the short cause, for "unreachable after N reconnects (last: ...)"
+        return err
 
     # -- connection --------------------------------------------------------------------------------------------
 
@@ -229,6 +261,7 @@ class SSHTransport(Transport):
         return transport is not None and transport.is_active() and self._sftp is not None
 
     def connect(self) -> None:
+        _LIVE.add(self.token)
         if self._connected():
             return
         self._drop()
@@ -236,7 +269,9 @@ class SSHTransport(Transport):
         try:
             sock = self._proxy_sock()
             self._client = self._open(self.endpoint, sock, "device")
-            self._client.get_transport().set_keepalive(15)
+            _record_exit_signals()
+            if self.keepalive_s:
+                self._client.get_transport().set_keepalive(max(1, int(self.keepalive_s)))
             try:
                 self._sftp = self._client.open_sftp()
                 self._sftp.get_channel().settimeout(self.io_timeout_s)
@@ -249,6 +284,31 @@ class SSHTransport(Transport):
             raise
         finally:
             self.connect_s += time.perf_counter() - start
+        if self.sweep and not getattr(self, "_swept_once", False):
+            self._swept_once = True
+            self._sweep_stale()
+
+    def reconnect(self, why: str = "") -> None:
+        """A fresh connection after a lost one: up to ``reconnect_attempts`` tries, waiting ``reconnect_backoff_s``
+        before the first and twice as long before each next. Raises :class:`DeviceLost` (the run stops) when every
+        try failed, or at once when the host key changed."""
+        self._drop()
+        start = time.monotonic()
+        delay, last = self.reconnect_backoff_s, why or "connection lost"
+        for _ in range(self.reconnect_attempts):
+            time.sleep(delay)
+            delay *= 2
+            try:
+                self.connect()
+                return
+            except TransportError as err:
+                if getattr(err, "host_key_changed", False):
+                    raise DeviceLost(f"{err}; the run stopped; after checking, --resume {self.run_name} "
+                                     "continues") from None
+                last = getattr(err, "reason", str(err))
+        raise DeviceLost(f"device ssh://{self.device} unreachable after {self.reconnect_attempts} reconnects over "
+                         f"{time.monotonic() - start:.0f} s (last: {last}); the run stopped; --resume {self.run_name} "
+                         "continues") from None
 
     def _open(self, ep: Endpoint, sock, role: str):
         """An authenticated paramiko client for ``ep`` (the device or a jump host); failures become one message."""
@@ -280,11 +340,13 @@ class SSHTransport(Transport):
                 f"ssh-keyscan -p {ep.port} {shlex.quote(ep.hostname)} >> {shlex.quote(str(known))}")) from None
         except paramiko.BadHostKeyException as err:
             client.close()
-            raise self._error("connect", (
+            changed = self._error("connect", (
                 f"{who}the host key of {name} CHANGED ({err.key.get_name()} {fingerprint(err.key)}, "
                 f"{known} has {fingerprint(err.expected_key)}): someone may be intercepting the connection. If the "
                 f"device was reinstalled, remove the old key: ssh-keygen -R {shlex.quote(name)} "
-                f"-f {shlex.quote(str(known))}")) from None
+                f"-f {shlex.quote(str(known))}"), reason="host key changed")
+            changed.host_key_changed = True
+            raise changed from None
         except paramiko.PasswordRequiredException:
             client.close()
             raise self._error("connect", (
@@ -301,7 +363,8 @@ class SSHTransport(Transport):
             client.close()
             raise self._error("connect", (
                 f"{who}connection refused on {ep.hostname} port {ep.port}: is sshd running there and is the port "
-                "right? (Termux: run `sshd`, port 8022; Linux: sudo systemctl enable --now ssh)")) from None
+                "right? (Termux: run `sshd`, port 8022; Linux: sudo systemctl enable --now ssh)"),
+                reason="Connection refused") from None
         except socket.gaierror as err:
             client.close()
             raise self._error("connect", f"{who}cannot resolve host {ep.hostname!r} ({err.strerror}); "
@@ -309,10 +372,12 @@ class SSHTransport(Transport):
         except (socket.timeout, TimeoutError):
             client.close()
             raise self._error("connect", f"{who}no answer from {ep.hostname}:{ep.port} within {timeout:g} s; "
-                                         "is the device on and reachable (ping it)?") from None
+                                         "is the device on and reachable (ping it)?",
+                              reason=f"no answer within {timeout:g} s") from None
         except (paramiko.SSHException, OSError, EOFError) as err:
             client.close()
-            raise self._error("connect", f"{who}SSH to {ep.hostname}:{ep.port} failed ({_why(err)})") from None
+            raise self._error("connect", f"{who}SSH to {ep.hostname}:{ep.port} failed ({_why(err)})",
+                              reason=_why(err)) from None
 
     def _proxy_sock(self):
         """The socket to reach the device through: a ProxyCommand, a chain of ProxyJump hosts, or None."""
@@ -355,6 +420,7 @@ class SSHTransport(Transport):
         self._hops = []
 
     def close(self) -> None:
+        _LIVE.discard(self.token)
         if self._connected() and self.session_dir and not self.keep:
             try:
                 self._sftp.rmdir(self.session_dir)  # only when empty: kept work dirs stay
@@ -369,10 +435,14 @@ class SSHTransport(Transport):
 
         try:
             yield
-        except (EOFError, paramiko.SSHException, socket.timeout, TimeoutError, ConnectionError) as err:
+        except (EOFError, paramiko.SSHException, socket.timeout, TimeoutError, ConnectionError, OSError) as err:
+            if isinstance(err, OSError) and not isinstance(err, (socket.timeout, TimeoutError, ConnectionError)) \
+                    and self._connected():
+                raise  # a file error over a live connection (the callers say what it means)
             self._drop()
-            raise self._error(step, f"lost the connection during {what} ({_why(err)}); check the device is up "
-                                    "(power, network), then resume the run") from None
+            raise ConnectionLost(step, f"device {self.device}: lost the connection during {what} ({_why(err)}); "
+                                       "check the device is up (power, network), then resume the run",
+                                 pid=self.last_pid) from None
 
     # -- paths -------------------------------------------------------------------------------------------------
 
@@ -420,11 +490,28 @@ class SSHTransport(Transport):
                 path = f"{session}/{_safe(label)[:60] or 'job'}-{secrets.token_hex(3)}"
                 try:
                     self._sftp.mkdir(path, 0o700)
+                    self._write_marker(path)
                     return path
                 except OSError as err:
                     if not self._exists(path):
                         raise self._error("prepare", f"cannot create {path} ({_why(err)})") from None
             raise self._error("prepare", f"cannot find a free directory name under {session}")
+
+    def _write_marker(self, path: str) -> None:
+        """``.sparsebench-job`` in a new work directory: which harness process made it, so that a later run can
+        tell a stale directory (its owner gone) from one in use."""
+        import json
+
+        marker = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "started": time.time(),
+                  "run": self.run_name, "keep": self.keep}
+        with self._sftp.open(f"{path}/{JOB_MARKER}", "w") as fh:
+            fh.write(json.dumps(marker))
+
+    def exists(self, remote: str) -> bool:
+        remote = self._inside(remote, "fetch")
+        self.connect()
+        with self._lost("fetch", f"looking for {posixpath.basename(remote)}"):
+            return self._exists(remote)
 
     def _exists(self, path: str) -> bool:
         try:
@@ -454,15 +541,27 @@ class SSHTransport(Transport):
         dest = f"{remote_dir}/{name}"
         size = Path(local).stat().st_size
         self.connect()
+        # a stall detector sized to the file: each SFTP reply may take the floor plus the file at the slowest rate
+        limit = self.upload_floor_s + size / UPLOAD_MIN_RATE
         with self._lost("upload", f"the upload of {name}"):
+            channel = self._sftp.get_channel()
+            channel.settimeout(limit)
             try:
                 self._sftp.put(str(local), dest, confirm=True)
+            except (socket.timeout, TimeoutError):  # an OSError too, but a hung link, not a full disk
+                self._drop()
+                raise Stalled("upload", f"device {self.device}: stalled: the upload of {name} ({_size(size)}) made "
+                                        f"no progress for {limit:.0f} s; check the link to the device",
+                              seconds=limit) from None
             except OSError as err:
                 try:
                     self._sftp.remove(dest)  # a partial file helps nobody and holds the space
                 except OSError:
                     pass
                 raise self._error("upload", self._upload_failure(name, size, remote_dir, err)) from None
+            finally:
+                if self._sftp is not None:
+                    self._sftp.get_channel().settimeout(self.io_timeout_s)
         return dest
 
     def _upload_failure(self, name: str, size: int, remote_dir: str, err: OSError) -> str:
@@ -500,7 +599,9 @@ class SSHTransport(Transport):
 
     def command_line(self, command: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> str:
         """The remote shell line for ``command``: ``echo $$`` (the pid, to stop it on timeout), then the quoted
-        ``cd DIR && exec env NAME=value... ARGV``."""
+        ``cd DIR && exec env NAME=value... ARGV``. In a work directory (one with the job marker) the pid is also
+        written to ``.sparsebench-pid``, for the sweep of stale directories. sshd starts the shell as a session
+        leader, so the command's process group is that pid (the runner makes sure with ``setsid`` itself)."""
         argv = [str(word) for word in command]
         if not argv:
             raise self._error("run", "empty command")
@@ -512,51 +613,154 @@ class SSHTransport(Transport):
                 raise self._error("run", f"bad environment variable name {key!r}")
             words.append(shlex.quote(f"{key}={value}"))
         line = " ".join((["env", *words] if words else []) + [shlex.quote(w) for w in argv])
-        cd = f"cd {shlex.quote(self._expand(cwd) if self.home else cwd)} && " if cwd else ""
-        return f"echo $$; {cd}exec {line}"
+        if not cwd:
+            return f"echo $$; exec {line}"
+        cd = shlex.quote(self._expand(cwd) if self.home else cwd)
+        return (f"echo $$; cd {cd} && {{ if [ -f {JOB_MARKER} ]; then echo $$ > {JOB_PID}; fi; "
+                f"exec {line}; }}")
 
     def run(self, command, *, env=None, timeout_s=None, cwd=None) -> CommandResult:
+        """Run ``command``, reading its output as it comes. Past ``timeout_s`` its process group is stopped and the
+        result says ``timed_out``; while :attr:`heartbeat` is set (the runner prints a heartbeat line per round),
+        nothing at all for ``stall_s`` raises :class:`Stalled`; a dropped connection raises :class:`ConnectionLost`. Interrupted here
+        (Ctrl-C, or SIGTERM/SIGHUP turned into an exception), the remote process group is stopped before the
+        exception goes on."""
         self.connect()
         line = self.command_line(command, env, cwd)
         argv = [str(word) for word in command]
         start = time.perf_counter()
         out, err = bytearray(), bytearray()
-        with self._lost("run", f"`{shlex.join(argv)[:80]}`"):
-            chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
-            chan.exec_command(line)
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while True:
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    pid = out.split(b"\n", 1)[0].strip()
-                    self._stop(pid)
-                    chan.close()
-                    stdout, stderr = _strip_pid(out), err.decode(errors="replace")
-                    return CommandResult(argv, -1, stdout, stderr, time.perf_counter() - start, timed_out=True)
-                select.select([chan], [], [], 0.2)
-            code = chan.recv_exit_status()
-            chan.close()
-            # no exit status and no end-of-output from the server: the connection died under the command
-            if code == -1 and not chan.eof_received:
-                raise EOFError("the connection closed before the command ended")
-        return CommandResult(argv, code, _strip_pid(out), err.decode(errors="replace"), time.perf_counter() - start)
+        self.last_pid = pid = None
+        chan = None
+        try:
+            with self._lost("run", f"`{shlex.join(argv)[:80]}`"):
+                chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
+                chan.exec_command(line)
+                deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                heard = time.monotonic()
+                while True:
+                    got = False
+                    while chan.recv_ready():
+                        out += chan.recv(65536)
+                        got = True
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(65536)
+                        got = True
+                    now = time.monotonic()
+                    if got:
+                        heard = now
+                        if pid is None and b"\n" in out:
+                            first = out.split(b"\n", 1)[0].strip()
+                            self.last_pid = pid = int(first) if first.isdigit() else None
+                    if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                        break
+                    if deadline is not None and now > deadline:
+                        self.kill_group(pid)
+                        chan.close()
+                        stdout, stderr = _strip_pid(out), err.decode(errors="replace")
+                        return CommandResult(argv, -1, stdout, stderr, time.perf_counter() - start, timed_out=True,
+                                             pid=pid)
+                    if self.heartbeat and self.stall_s is not None and now - heard > self.stall_s:
+                        partial = CommandResult(argv, -1, _strip_pid(out), err.decode(errors="replace"),
+                                                time.perf_counter() - start, pid=pid)
+                        self._drop()  # the connection is what hung, or the command: a fresh one finds out
+                        raise Stalled("run", f"stalled: no heartbeat from the runner for {self.stall_s:g} s on "
+                                             f"{self.device}", partial, pid, self.stall_s)
+                    select.select([chan], [], [], 0.2)
+                code = chan.recv_exit_status()
+                signame = getattr(chan, "sparsebench_exit_signal", None)
+                chan.close()
+                # no exit status and no end-of-output from the server: the connection died under the command
+                if code == -1 and not chan.eof_received and not signame:
+                    raise EOFError("the connection closed before the command ended")
+        except BaseException as exc:
+            if not isinstance(exc, TransportError) and pid is not None:
+                # interrupted (KeyboardInterrupt, the CLI's exception for SIGTERM/SIGHUP) or a bug here: stop what
+                # we started on the device (a lost connection is the session's to handle: it reconnects first)
+                try:
+                    self.kill_group(pid)
+                finally:
+                    if chan is not None:
+                        chan.close()
+            raise
+        return CommandResult(argv, code, _strip_pid(out), err.decode(errors="replace"), time.perf_counter() - start,
+                             signal=("SIG" + signame if signame and not signame.startswith("SIG") else signame),
+                             pid=pid)
 
-    def _stop(self, pid: bytes) -> None:
-        """Stop a timed-out command on the device (closing the channel alone can leave it running)."""
-        if not pid.isdigit():
+    def kill_group(self, pid: int | None) -> None:
+        """Stop the process group ``pid`` on the device (TERM, then KILL after up to 3 s): closing the channel
+        alone can leave the command running. Needs a live connection (nothing is done without one); never raises."""
+        if pid is None or not str(pid).isdigit():
+            return
+        p = int(pid)
+        script = (f"kill -s TERM -- -{p} 2>/dev/null || kill -s TERM {p} 2>/dev/null; i=0; "
+                  f"while [ $i -lt 30 ] && {{ kill -s 0 -- -{p} 2>/dev/null || kill -s 0 {p} 2>/dev/null; }}; "
+                  f"do sleep 0.1; i=$((i+1)); done; kill -s KILL -- -{p} 2>/dev/null; kill -s KILL {p} 2>/dev/null; "
+                  "true")
+        if not self._connected():
             return
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
-            chan.exec_command(f"kill -TERM {int(pid)} 2>/dev/null; "
-                              f"(sleep 2; kill -KILL {int(pid)}) >/dev/null 2>&1 </dev/null & true")
+            chan.settimeout(15)
+            chan.exec_command(script)
             chan.recv_exit_status()
             chan.close()
-        except Exception:  # the connection may be what hung; the timeout is reported either way
+        except Exception:  # the connection may be what hung; the caller reports the failure either way
+            pass
+
+    def _stop(self, pid: bytes) -> None:
+        self.kill_group(int(pid) if pid.isdigit() else None)
+
+    def _sweep_stale(self) -> None:
+        """Remove the job directories of this harness under the remote root whose owner is gone: the harness
+        process that made them (this host: its pid no longer runs; another host: older than a day and nothing
+        running in them), except those kept on purpose (``--keep-remote``). A runner still running in such a
+        directory is stopped first. Never raises."""
+        import json
+
+        try:
+            root = self._expand(self.remote_root)
+            stale: list[tuple[str, int | None]] = []
+            for run_entry in self._sftp.listdir_attr(root):
+                if not stat.S_ISDIR(run_entry.st_mode or 0):
+                    continue
+                run_dir = f"{root}/{run_entry.filename}"
+                for job_entry in self._sftp.listdir_attr(run_dir):
+                    job_dir = f"{run_dir}/{job_entry.filename}"
+                    if not stat.S_ISDIR(job_entry.st_mode or 0):
+                        continue
+                    try:
+                        with self._sftp.open(f"{job_dir}/{JOB_MARKER}") as fh:
+                            marker = json.loads(fh.read().decode())
+                    except (OSError, ValueError):
+                        continue  # not ours (no marker): never touched
+                    if marker.get("keep"):
+                        continue  # kept on purpose (--keep-remote): the user removes it
+                    runner = None
+                    try:
+                        with self._sftp.open(f"{job_dir}/{JOB_PID}") as fh:
+                            runner = int(fh.read().decode().strip())
+                    except (OSError, ValueError):
+                        pass
+                    if marker.get("host") == socket.gethostname() and marker.get("pid") == os.getpid():
+                        gone = marker.get("token") not in _LIVE  # this process: a transport closed since
+                    elif marker.get("host") == socket.gethostname():
+                        gone = not _pid_alive(int(marker.get("pid", 0)))
+                    else:
+                        gone = time.time() - float(marker.get("started", time.time())) > STALE_FOREIGN_S
+                    if gone:
+                        stale.append((job_dir, runner))
+            if not stale:
+                return
+            for job_dir, runner in stale:
+                self.kill_group(runner)
+                self._rmtree(job_dir)
+                self.swept.append(job_dir)
+                try:
+                    self._sftp.rmdir(posixpath.dirname(job_dir))  # the run directory, once empty
+                except OSError:
+                    pass
+        except Exception:  # a sweep that cannot read the root (none yet) or races another: nothing to sweep
             pass
 
     def remove(self, remote_dir: str) -> None:
@@ -607,3 +811,47 @@ def _strip_pid(out: bytearray) -> str:
     """stdout without the first line (the shell's pid printed by :meth:`SSHTransport.command_line`)."""
     first, _, rest = bytes(out).partition(b"\n")
     return (rest if first.strip().isdigit() else bytes(out)).decode(errors="replace")
+
+
+#: tokens of this process's transports not closed yet: their job directories are in use
+_LIVE: set[str] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _record_exit_signals() -> None:
+    """Teach paramiko's channels to keep the ``exit-signal`` request (paramiko ignores it): a command killed by a
+    signal then says which (``chan.sparsebench_exit_signal``, e.g. ``"SEGV"``) instead of a bare exit status -1.
+    paramiko dispatches channel messages through ``Transport._channel_handler_table``; its request entry is
+    wrapped once."""
+    from paramiko.common import MSG_CHANNEL_REQUEST
+    from paramiko.transport import Transport as ParamikoTransport
+
+    table = ParamikoTransport._channel_handler_table
+    original = table[MSG_CHANNEL_REQUEST]
+    if getattr(original, "sparsebench", False):
+        return
+
+    def handle_request(chan, m):
+        position = m.packet.tell()
+        try:
+            if m.get_text() == "exit-signal":
+                m.get_boolean()
+                chan.sparsebench_exit_signal = m.get_text()
+        except Exception:  # a malformed request: paramiko's own handler decides
+            pass
+        m.packet.seek(position)
+        return original(chan, m)
+
+    handle_request.sparsebench = True
+    table[MSG_CHANNEL_REQUEST] = handle_request
