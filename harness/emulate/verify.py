@@ -86,7 +86,7 @@ def _request(artifact: Path) -> dict | None:
         meta = json.loads((artifact.parent / "build.json").read_text())
     except (OSError, ValueError):
         return None
-    request = meta.get("request")
+    request = meta.get("request") if isinstance(meta, dict) else None  # a damaged record is no record
     if not isinstance(request, dict):
         return None
     if "inputs" not in request and "input_name" in request:  # written before models could have several inputs
