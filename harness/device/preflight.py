@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from ..errors import HarnessError
 from ..transports import Transport, TransportError
 
 TVM_PIN = "apache-tvm==0.27.0.post1"
@@ -30,7 +31,7 @@ try:
         for line in fh:
             if line.startswith("MemAvailable:"):
                 r["mem_available_kb"] = int(line.split()[1])
-except Exception:
+except (OSError, ValueError, IndexError):  # no /proc (or an odd one): the memory check is skipped
     pass
 print(json.dumps(r))
 """
@@ -109,8 +110,6 @@ def check_batch_memory(device: str, probe: dict, batches: list[tuple[str, int, i
     more than :data:`MAX_INPUT_SHARE` of the memory the device has available (``MemAvailable`` from its
     ``/proc/meminfo``, in ``probe``; no check where the device does not say). ``batches``: (model, batch, bytes of
     that batch's inputs)."""
-    from ..errors import HarnessError
-
     available_kb = probe.get("mem_available_kb")
     if not isinstance(available_kb, int) or available_kb <= 0:
         return
