@@ -142,6 +142,9 @@ class Benchmark:
 
         self.toolchain = check_run_toolchain(self.profile, self.device_spec.transport_name(self.profile))
         self._reference: dict[tuple[str, int], tuple[np.ndarray | None, str]] = {}
+        # set once the device passed its checks (runtime, memory for the batches): a HarnessError before that means
+        # nothing was run (a usage error); after it, the run stopped early (resumable)
+        self.preflight_done = False
 
     def start(self, resume: str | None) -> str:
         """Create the run (or check the one to resume) and return its id."""
@@ -166,7 +169,7 @@ class Benchmark:
     def run(self, run_id: str, jobs: list[Job]) -> dict:
         """Measure the jobs not already in the store. Returns counts {"done", "skipped", "errors"}."""
         from .compile import ArtifactCache
-        from .device.preflight import check_runtime, host_tvm_version
+        from .device.preflight import check_batch_memory, check_runtime, host_tvm_version, input_bytes
 
         done = self.store.completed(run_id)
         todo = [j for j in jobs if (j.key, self.device) not in done]
@@ -177,6 +180,10 @@ class Benchmark:
         with self.device_spec.transport(self.profile, run_name=run_id) as transport:
             probe = check_runtime(transport, self.python, host_tvm=host_tvm_version(),
                                   optional=tuple(p.module for p in peers))
+            sizes = {(j.variant.model, j.batch): j for j in todo}
+            check_batch_memory(transport.device, probe, [(model, batch, input_bytes(j.model.shapes_for_batch(batch)))
+                                                         for (model, batch), j in sizes.items()])
+            self.preflight_done = True
             todo = self.drop_unavailable_peers(run_id, todo, peers, probe)
             selection = self.select([j for j in todo if not j.peer], transport)
             if self.progress:

@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import EXIT_OK, EXIT_ROWS_ERROR, EXIT_STOPPED, EXIT_USAGE, DeviceLost, HarnessError
 from .paths import DEFAULT_DB
 from .transports.spec import add_device_arguments, device_spec_from_args
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+
+EXIT_CODES_HELP = f"""exit codes of run and demo:
+  {EXIT_OK}  every planned row was measured, none is ERROR (INVALID rows are measured rows)
+  {EXIT_USAGE}  bad input (command line, config, model, device check): nothing was measured
+  {EXIT_ROWS_ERROR}  the run finished, but some rows are ERROR (`sparsebench results RUN_ID` shows why;
+     --resume RUN_ID retries them)
+  {EXIT_STOPPED}  the run stopped early (Ctrl-C, SIGTERM, SIGHUP, device lost, results store unwritable):
+     the rows measured so far are kept; the same command with --resume RUN_ID measures the rest
+"""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (or SIGINT) raised in the main thread as a KeyboardInterrupt, so the same cleanup runs as
+    for Ctrl-C; ``signame`` names the signal."""
+
+    def __init__(self, signame: str):
+        super().__init__(signame)
+        self.signame = signame
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP stop the command through :class:`Interrupted` (a KeyboardInterrupt). A signal the
+    caller set to be ignored (``nohup``, a background job) stays ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _raise_interrupted)
+
+
+def _signame(err: KeyboardInterrupt) -> str:
+    return getattr(err, "signame", "SIGINT")
 
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
@@ -63,30 +98,52 @@ class Progress:
 
 def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: str, progress: bool,
                 device=None) -> int:
+    """Run (or resume) one config; returns the exit code (see :data:`EXIT_CODES_HELP`). A HarnessError before the
+    device passed its checks propagates (nothing was measured: a usage error); one after it, a lost device or an
+    interruption stops the run with one line saying how to resume it."""
     from .bench import Benchmark, load_models, plan_jobs
     from .store import ResultStore
 
-    if out is not None:
-        ensure_writable_dir(out, "report directory")
-    store = ResultStore(db)
-    bench = Benchmark(cfg, store, kernels=kernels, device=device)
-    models = load_models(cfg)
-    jobs = plan_jobs(cfg, models)
-    run_id = bench.start(resume)
-    print(f"run {run_id}: {len(jobs)} variant x batch jobs on target {cfg.target} -> {db}", file=sys.stderr)
+    run_id = None
+    bench = None
     try:
+        if out is not None:
+            ensure_writable_dir(out, "report directory")
+        store = ResultStore(db)
+        bench = Benchmark(cfg, store, kernels=kernels, device=device)
+        models = load_models(cfg)
+        jobs = plan_jobs(cfg, models)
+        run_id = bench.start(resume)
+        print(f"run {run_id}: {len(jobs)} variant x batch jobs on target {cfg.target} -> {db}", file=sys.stderr)
         with Progress(progress) as bar:
             bench.progress = bar
             counts = bench.run(run_id, jobs)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished results are kept in {db}; continue with --resume {run_id}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _stopped(f"interrupted ({_signame(err)})", run_id or resume, db)
+    except HarnessError as err:
+        if run_id is None or not (isinstance(err, DeviceLost) or bench.preflight_done):
+            raise
+        return _stopped(str(err), run_id, db)
     print(f"run {run_id}: measured {counts['done']}, kept {counts['skipped']} from before, "
           f"{counts['errors']} error rows", file=sys.stderr)
     if out is not None:
         _write_report(store, run_id, out)
     store.close()
-    return 0
+    if counts["errors"]:
+        print(f"run {run_id}: {counts['errors']} row(s) are ERROR (`sparsebench results {run_id}` shows why); the "
+              f"same command with --resume {run_id} retries them", file=sys.stderr)
+        return EXIT_ROWS_ERROR
+    return EXIT_OK
+
+
+def _stopped(why: str, run_id: str | None, db: Path) -> int:
+    """The one line of a run that stopped early; :data:`EXIT_STOPPED`."""
+    if run_id is None:
+        print(f"sparsebench: stopped before the run started: {why}; nothing was measured", file=sys.stderr)
+    else:
+        print(f"sparsebench: run {run_id} stopped: {why}; the rows measured so far are kept in {db}; the same "
+              f"command with --resume {run_id} measures the rest", file=sys.stderr)
+    return EXIT_STOPPED
 
 
 def _write_report(store, run_id: str, out: Path) -> None:
@@ -250,13 +307,15 @@ def cmd_models(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsebench",
-                                     description="Measure what weight sparsity buys a pruned network on your hardware.")
+                                     description="Measure what weight sparsity buys a pruned network on your hardware.",
+                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_db(p):
         p.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
 
-    p = sub.add_parser("demo", help="built-in models on this machine, then the report")
+    p = sub.add_parser("demo", help="built-in models on this machine, then the report", epilog=EXIT_CODES_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer variants and shorter timing (< 3 min on 2 cores)")
     p.add_argument("--out", type=Path, default=Path("results") / "demo", help="report directory (default results/demo)")
     p.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted demo run")
@@ -266,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensor-root", metavar="DIR", help="where the device's /sys is (default /)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run a benchmark config (TOML)")
+    p = sub.add_parser("run", help="run a benchmark config (TOML)", epilog=EXIT_CODES_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path)
     p.add_argument("--resume", metavar="RUN_ID", help="measure only what run RUN_ID is missing")
     p.add_argument("--out", type=Path, help="also write the report into this directory")
@@ -338,11 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    install_signal_handlers()
     try:
         return args.func(args)
     except HarnessError as err:
         print(f"sparsebench: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:
+        print(f"sparsebench: interrupted ({_signame(err)})", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -221,6 +221,73 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: a model name is an identifier, never a path: it names files in the cache (variants, cut models, artifacts)
+_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+#: the largest batch a config may ask for (the device's memory bounds it further, checked in preflight)
+MAX_BATCH = 65536
+
+
+def check_model_name(name: Any, where: str = "model") -> str:
+    """A model name: letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` -- never a path (``/``,
+    ``..``), since it names files in the cache."""
+    if not isinstance(name, str) or not _MODEL_NAME_RE.fullmatch(name) or ".." in name:
+        raise HarnessError(f"{where}: model name {name!r} is not an identifier; use letters, digits, '-', '_' and "
+                           f"'.' (not first, no '..', no '/'), e.g. name = \"my-model\"")
+    return name
+
+
+def _table(data: dict, key: str, where: str, example: str) -> dict:
+    """``data[key]`` as a TOML table ({} when absent); anything else is one error naming the key."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise HarnessError(f"{where} must be a table, e.g. {example}; got {value!r}")
+    return value
+
+
+def _string(table: dict, key: str, where: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise HarnessError(f"{where}.{key} must be a non-empty string, e.g. {key} = {default!r}; got {value!r}")
+    return value
+
+
+def _bool(table: dict, key: str, where: str, default: bool | None) -> bool | None:
+    value = table.get(key, default)
+    if value is not default and not isinstance(value, bool):
+        raise HarnessError(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, *, integer: bool, low: float, low_open: bool = False,
+            high: float | None = None) -> float | int:
+    """A [measure] number: an int where ``integer``, at least ``low`` (above it where ``low_open``), at most
+    ``high``; one error naming the key and the range otherwise."""
+    kind = "a whole number" if integer else "a number"
+    ok = _is_int(value) if integer else (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        if high is not None:
+            bound += f" and <= {high:g}"
+        raise HarnessError(f"[measure].{key} must be {kind} {bound}, got {value!r}")
+    return value
+
+
+#: [measure] numbers: key -> (integer, lower bound, lower bound excluded, upper bound)
+_MEASURE_NUMBERS = {
+    "warmup_runs": (True, 0, False, None), "warmup_s": (False, 0, False, None),
+    "min_runs": (True, 1, False, None), "min_s": (False, 0, False, None), "max_runs": (True, 1, False, None),
+    "rounds": (True, 1, False, None), "max_rounds": (True, 1, False, None),
+    "max_ci": (False, 0, True, None), "max_spread": (False, 0, True, None), "extend_s": (False, 0, False, None),
+    "max_clock_change": (False, 0, True, None), "max_cv": (False, 0, True, None),
+    "max_outliers": (False, 0, False, 1), "min_valid_runs": (True, 0, False, None),
+    "ref_rtol": (False, 0, True, None), "timeout_s": (False, 0, True, None),
+    "energy_idle_s": (False, 0, False, None), "energy_window_s": (False, 0, False, None),
+    "energy_rate_hz": (False, 0, True, None),
+}
+
+
 def _parse_io(table: dict, where: str) -> dict:
     """``outputs``, ``shapes`` and ``vocab`` of a [[models]] table, checked (whether the names exist is checked when
     the model is loaded)."""
@@ -258,7 +325,10 @@ def _parse_io(table: dict, where: str) -> dict:
     return out
 
 
-def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
+def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
+    if not isinstance(table, dict):
+        raise HarnessError(f"models[{index}] must be a table ([[models]] with name = ... and path = ...), "
+                           f"got {table!r}")
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
     _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
                         "levels", "methods"}, where)
@@ -274,13 +344,22 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
     batches = table.get("batch", [1])
     if isinstance(batches, int):
         batches = [batches]
-    if not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+    if not isinstance(batches, list) or not batches or not all(_is_int(b) and b >= 1 for b in batches):
         raise HarnessError(f"{where}: batch must be a positive integer or a list of them, got {batches!r}")
+    too_big = [b for b in batches if b > MAX_BATCH]
+    if too_big:
+        raise HarnessError(f"{where}: batch {too_big[0]} is above the limit of {MAX_BATCH}; use a smaller batch")
+    for key in ("name", "path", "eval"):
+        if key in table and (not isinstance(table[key], str) or not table[key]):
+            raise HarnessError(f"{where}: {key} must be a non-empty string, got {table[key]!r}")
     path = table.get("path")
     if path is None:
         from .models import zoo
 
         name = table.get("name")
+        if name is None:
+            raise HarnessError(f"{where}: give name = \"<built-in model>\" (known: {', '.join(zoo.MODELS)}) or "
+                               "path = \"model.onnx\"")
         if name not in zoo.MODELS:
             raise HarnessError(
                 f"{where}: unknown built-in model {name!r}; known: {', '.join(zoo.MODELS)} "
@@ -289,8 +368,12 @@ def _parse_model(table: dict, base: Path, index: int) -> ModelSpec:
         return ModelSpec(name=name, batches=tuple(batches), **extra)
     onnx_path = (base / path).resolve()
     eval_path = table.get("eval")
+    name = table.get("name")
+    if name is None and not _MODEL_NAME_RE.fullmatch(onnx_path.stem):
+        raise HarnessError(f"{where}: the file name {onnx_path.name!r} is not a usable model name; give one with "
+                           f"name = \"my-model\" (letters, digits, '-', '_', '.')")
     return ModelSpec(
-        name=table.get("name") or onnx_path.stem,
+        name=check_model_name(name or onnx_path.stem, where),
         path=onnx_path,
         eval_path=(base / eval_path).resolve() if eval_path else None,
         batches=tuple(batches),
@@ -335,45 +418,40 @@ def _parse_compare(table: Any) -> CompareConfig:
 def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> RunConfig:
     """Validate a config dict (the parsed TOML) into a :class:`RunConfig`."""
     _check_keys(data, {"run", "measure", "sparsify", "models", "compare"}, "config")
-    run = data.get("run", {})
+    run = _table(data, "run", "[run]", '[run] name = "mine"')
     _check_keys(run, {"name", "target", "db"}, "[run]")
-    target = run.get("target", "local")
+    target = _string(run, "target", "[run]", "local")
     known_targets()  # fail early with the list when the targets folder is broken
     if target not in known_targets():
         raise HarnessError(f"unknown target {target!r}; known: {', '.join(known_targets())} (profiles in {TARGETS_DIR})")
+    name = _string(run, "name", "[run]", "run")
+    db = _string(run, "db", "[run]", str(DEFAULT_DB))
 
-    sp = data.get("sparsify", {})
+    sp = _table(data, "sparsify", "[sparsify]", "[sparsify] levels = [0, 0.9]")
     _check_keys(sp, {"levels", "methods", "prune_first", "prune_last"}, "[sparsify]")
     sparsify = SparsifyConfig(
         levels=_parse_levels(sp.get("levels", list(DEFAULT_LEVELS)), "[sparsify].levels"),
         methods=_parse_methods(sp.get("methods", ["unstructured", "block:16x1"]), "[sparsify].methods"),
-        prune_first=bool(sp.get("prune_first", True)),
-        prune_last=bool(sp.get("prune_last", False)),
+        prune_first=_bool(sp, "prune_first", "[sparsify]", True),
+        prune_last=_bool(sp, "prune_last", "[sparsify]", False),
     )
 
-    ms = data.get("measure", {})
-    fields = set(MeasureConfig.__dataclass_fields__)
-    _check_keys(ms, fields, "[measure]")
+    ms = _table(data, "measure", "[measure]", "[measure] min_runs = 30")
+    _check_keys(ms, set(MeasureConfig.__dataclass_fields__), "[measure]")
     for key, value in ms.items():
         if key == "cpus":
             ms = {**ms, "cpus": parse_cpus(value)}
-            continue
-        if key == "sensor_root":
+        elif key == "sensor_root":
             if not isinstance(value, str) or not value.startswith("/"):
                 raise HarnessError(f"[measure].sensor_root must be an absolute path on the device, got {value!r}")
-            continue
-        if key == "meter_command":
+        elif key == "meter_command":
             if not value or not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise HarnessError(f"[measure].meter_command must be a command as a list of strings, e.g. "
                                    f"[\"python3\", \"/home/pi/read_meter.py\"], got {value!r}")
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise HarnessError(f"[measure].{key} must be a non-negative number, got {value!r}")
-    if "meter_command" in ms:
-        ms = {**ms, "meter_command": tuple(ms["meter_command"])}
-    for key in ("rounds", "max_rounds"):
-        if key in ms and (not isinstance(ms[key], int) or ms[key] < 1):
-            raise HarnessError(f"[measure].{key} must be a whole number >= 1, got {ms[key]!r}")
+            ms = {**ms, "meter_command": tuple(value)}
+        else:
+            integer, low, low_open, high = _MEASURE_NUMBERS[key]
+            _number(key, value, integer=integer, low=low, low_open=low_open, high=high)
     measure = MeasureConfig(**ms)
     if measure.max_rounds < measure.rounds:
         raise HarnessError(f"[measure].max_rounds ({measure.max_rounds}) is below rounds ({measure.rounds}); "
@@ -382,16 +460,21 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     compare = _parse_compare(data.get("compare", {}))
 
     models = data.get("models", [])
+    if isinstance(models, dict):
+        raise HarnessError("models must be an array of tables: write [[models]] (two brackets), not [models]")
+    if not isinstance(models, list):
+        raise HarnessError(f"models must be an array of tables ([[models]] name = \"digits-mlp\"), got {models!r}")
     if not models:
         raise HarnessError("config has no [[models]]; add one, e.g. [[models]] name = \"digits-mlp\"")
+    specs = tuple(_parse_model(m, base, i) for i, m in enumerate(models))
     return RunConfig(
-        name=str(run.get("name", "run")),
+        name=name,
         target=target,
-        models=tuple(_parse_model(m, base, i) for i, m in enumerate(models)),
+        models=specs,
         sparsify=sparsify,
         measure=measure,
         compare=compare,
-        db=Path(run.get("db", DEFAULT_DB)),
+        db=Path(db),
         source=source,
     )
 
@@ -400,13 +483,20 @@ def load_config(path: str | Path) -> RunConfig:
     """Read and validate a benchmark config file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
         raise HarnessError(f"cannot read config {path}: {err.strerror}; check the path") from None
     try:
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HarnessError(f"config {path}: not a UTF-8 text file (byte {err.start}); give the benchmark config "
+                           f"(TOML), e.g. a copy of harness/configs/demo.toml") from None
+    try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise HarnessError(f"config {path} is not valid TOML: {err}") from None
+        raise HarnessError(f"config {path} is not valid TOML: {err}; fix that line") from None
     return parse_config(data, base=path.resolve().parent, source=text)
 
 

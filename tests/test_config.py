@@ -105,3 +105,40 @@ name = "ffn-768"
     assert default.levels is None and default.methods is None
     with pytest.raises(HarnessError, match=r"models\[0\] \(digits-mlp\): levels must be a non-empty list"):
         parse_config(tomllib.loads(text.replace("levels = [0, 0.9]", "levels = 0.9")), base=tmp_path)
+
+
+def test_model_names_are_identifiers_never_paths(tmp_path):
+    from harness.config import check_model_name
+
+    for good in ("digits-mlp", "my_net.v2", "resnet18", "A-1"):
+        assert check_model_name(good) == good
+    for bad in ("../../x", "/abs/x", "a/b", ".hidden", "a..b", "", "a b", "x\\y", 5, None):
+        with pytest.raises(HarnessError, match="is not an identifier"):
+            check_model_name(bad)
+    model = tmp_path / "m.onnx"
+    with pytest.raises(HarnessError, match=r"models\[0\] \(\.\./x\): model name '\.\./x' is not an identifier"):
+        parse_config({"models": [{"name": "../x", "path": str(model)}]}, base=tmp_path)
+
+
+def test_measure_numbers_and_batch_bound():
+    from harness.config import MAX_BATCH
+
+    assert parse_config({**BASE, "measure": {"warmup_runs": 0, "min_s": 0, "extend_s": 0.0}}).measure.min_s == 0
+    for key, bad in (("max_runs", 0), ("timeout_s", 0), ("min_runs", True), ("rounds", 1.5), ("ref_rtol", -1)):
+        with pytest.raises(HarnessError, match=rf"\[measure\]\.{key} must be a"):
+            parse_config({**BASE, "measure": {key: bad}})
+    ok = parse_config({"models": [{"name": "ffn-768", "batch": [1, MAX_BATCH]}]})
+    assert ok.models[0].batches == (1, MAX_BATCH)
+    with pytest.raises(HarnessError, match=f"batch {MAX_BATCH + 1} is above the limit of {MAX_BATCH}"):
+        parse_config({"models": [{"name": "ffn-768", "batch": MAX_BATCH + 1}]})
+
+
+def test_batch_memory_bound_from_the_probe():
+    from harness.device.preflight import check_batch_memory
+
+    probe = {"mem_available_kb": 1024 * 1024}  # 1 GiB available: at most 512 MiB of inputs
+    check_batch_memory("dev", probe, [("m", 64, 500 << 20)])
+    check_batch_memory("dev", {}, [("m", 64, 1 << 40)])  # a device that does not say: no check
+    with pytest.raises(HarnessError, match=r"model m at batch 64: its inputs alone need 1024 MiB, more than 50% of "
+                                           r"the 1024 MiB device dev has available; use a batch of at most 32"):
+        check_batch_memory("dev", probe, [("m", 64, 1 << 30)])

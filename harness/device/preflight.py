@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from ..errors import HarnessError
 from ..transports import Transport, TransportError
 
 TVM_PIN = "apache-tvm==0.27.0.post1"
@@ -25,8 +26,18 @@ for name in ("numpy", "tvm") + tuple(sys.argv[1:]):
         r[name] = __import__(name).__version__
     except Exception as err:
         r[name + "_error"] = type(err).__name__ + ": " + str(err)
+try:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                r["mem_available_kb"] = int(line.split()[1])
+except (OSError, ValueError, IndexError):  # no /proc (or an odd one): the memory check is skipped
+    pass
 print(json.dumps(r))
 """
+
+#: a batch whose inputs alone take more than this share of the device's available memory is refused
+MAX_INPUT_SHARE = 0.5
 
 
 def install_hint(python: str) -> str:
@@ -82,3 +93,32 @@ def host_tvm_version() -> str | None:
 
 def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
+
+
+def input_bytes(specs) -> int:
+    """Bytes of one batch's inputs: ``specs`` are :class:`~harness.models.inputs.InputSpec` with static shapes."""
+    import numpy as np
+
+    total = 0
+    for spec in specs:
+        total += int(np.prod([int(d) for d in spec.shape], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    return total
+
+
+def check_batch_memory(device: str, probe: dict, batches: list[tuple[str, int, int]]) -> None:
+    """Refuse (one :class:`HarnessError` naming the model, the batch and the fix) a batch whose inputs alone need
+    more than :data:`MAX_INPUT_SHARE` of the memory the device has available (``MemAvailable`` from its
+    ``/proc/meminfo``, in ``probe``; no check where the device does not say). ``batches``: (model, batch, bytes of
+    that batch's inputs)."""
+    available_kb = probe.get("mem_available_kb")
+    if not isinstance(available_kb, int) or available_kb <= 0:
+        return
+    limit = available_kb * 1024 * MAX_INPUT_SHARE
+    for model, batch, nbytes in batches:
+        if nbytes > limit:
+            per_row = nbytes / batch
+            fits = max(1, int(limit // per_row)) if per_row else batch
+            raise HarnessError(
+                f"model {model} at batch {batch}: its inputs alone need {nbytes / 2**20:.0f} MiB, more than "
+                f"{MAX_INPUT_SHARE:.0%} of the {available_kb / 1024:.0f} MiB device {device} has available; "
+                f"use a batch of at most {fits} for it in the config")

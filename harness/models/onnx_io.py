@@ -167,6 +167,9 @@ def load_model(name: str, path: Path, eval_path: Path | None, *, outputs: Sequen
     """Load, check and describe a model and its evaluation inputs: cut to ``outputs`` when given, every input's
     dims sized (``shapes``, else the evaluation set), the evaluation arrays checked against the inputs (or seeded
     ones made, integers below ``vocab``)."""
+    from ..config import check_model_name
+
+    check_model_name(name)  # it names files in the cache: never a path
     model = read_onnx(path)
     sha = None
     if outputs:
