@@ -164,6 +164,15 @@ class TargetProfile:
     needs: tuple[str, ...] = ()  # what the device needs installed (text; `sparsebench doctor` checks it)
     prepare: tuple[str, ...] = ()  # commands to run on the device before measuring (clocks, governor)
     notes: str = ""
+    # the link's fault handling (transports/ssh.py); None: the transport's defaults
+    reconnect_attempts: int | None = None  # reconnects before the device counts as lost (default 3)
+    reconnect_backoff_s: float | None = None  # first wait between them, doubling (default 1 s)
+    stall_s: float | None = None  # no heartbeat from the runner for this long is a stall (default 60 s)
+    keepalive_s: float | None = None  # SSH keepalive interval (default 5 s)
+
+
+#: the [device] keys of a profile for the link's fault handling, with their lowest allowed value
+LINK_SETTINGS = {"reconnect_attempts": 0, "reconnect_backoff_s": 0.0, "stall_s": 1.0, "keepalive_s": 1.0}
 
 
 #: cross toolchains a profile may name: the host compiler, GNU/zig for aarch64 Linux, the Android NDK
@@ -593,7 +602,19 @@ def load_target(name: str) -> TargetProfile:
     where = f"target profile {path.name}"
     _check_keys(data, {"name", "description", "notes", "device", "tvm", "build", "energy"}, where)
     device = data.get("device", {})
-    _check_keys(device, {"transport", "python", "port", "remote_root", "needs", "prepare"}, f"{where} [device]")
+    _check_keys(device, {"transport", "python", "port", "remote_root", "needs", "prepare", *LINK_SETTINGS},
+                f"{where} [device]")
+    link = {}
+    for key, lowest in LINK_SETTINGS.items():
+        value = device.get(key)
+        if value is None:
+            continue
+        integral = key == "reconnect_attempts"
+        kinds = (int,) if integral else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < lowest:
+            raise HarnessError(f"{where} [device]: {key} must be {'an integer' if integral else 'a number'} "
+                               f">= {lowest}, got {value!r}")
+        link[key] = value
     from .transports import TRANSPORTS
 
     transport = device.get("transport", "local")
@@ -643,6 +664,7 @@ def load_target(name: str) -> TargetProfile:
         needs=_strings(device.get("needs", []), f"{where} [device].needs"),
         prepare=_strings(device.get("prepare", []), f"{where} [device].prepare"),
         notes=data.get("notes", "").strip(),
+        **link,
     )
 
 

@@ -490,7 +490,7 @@ def test_cli_device_lost_stops_the_run_then_resume_finishes(server, small_model,
         thread.join()
     finally:
         restart_sshd(server)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr  # EXIT_STOPPED
     lines = [l for l in proc.stderr.splitlines() if l.startswith("sparsebench: error:")]
     assert len(lines) == 1, proc.stderr
     assert f"device ssh://{server.label} unreachable after 3 reconnects over" in lines[0], lines[0]

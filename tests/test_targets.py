@@ -72,6 +72,9 @@ target = { kind = "llvm", mtriple = "aarch64-linux-gnu", mcpu = "cortex-a72" }
      "toolchain 'aarch64-linux-android' does not build for mtriple 'aarch64-linux-gnu'"),
     (("[tvm]", "[energy]\nsensors = [\"ina226\"]\n[tvm]"), "unknown sensor kind\\(s\\) ina226; known: jetson-ina3221"),
     (("[device]", "[devices]"), "unknown key\\(s\\) devices"),
+    (("transport = \"ssh\"", "transport = \"ssh\"\nstall_s = 0"), "stall_s must be a number >= 1.0, got 0"),
+    (("transport = \"ssh\"", "transport = \"ssh\"\nreconnect_attempts = 1.5"),
+     "reconnect_attempts must be an integer >= 0, got 1.5"),
 ])
 def test_bad_profiles_get_clear_errors(tmp_path, monkeypatch, edit, message):
     monkeypatch.setattr(config, "TARGETS_DIR", tmp_path)
@@ -81,3 +84,15 @@ def test_bad_profiles_get_clear_errors(tmp_path, monkeypatch, edit, message):
     assert "board.toml" in str(info.value)
     (tmp_path / "board.toml").write_text(PROFILE)
     assert load_target("board").transport == "ssh"
+
+
+def test_link_settings_reach_the_ssh_transport(tmp_path, monkeypatch):
+    """A profile's reconnect/stall/keepalive settings are the ssh transport's (issue 11)."""
+    monkeypatch.setattr(config, "TARGETS_DIR", tmp_path)
+    (tmp_path / "board.toml").write_text(PROFILE.replace("transport = \"ssh\"", "transport = \"ssh\"\n"
+                                         "reconnect_attempts = 5\nreconnect_backoff_s = 0.5\nstall_s = 20\n"
+                                         "keepalive_s = 2", 1))
+    profile = load_target("board")
+    assert (profile.reconnect_attempts, profile.reconnect_backoff_s, profile.stall_s, profile.keepalive_s) == \
+        (5, 0.5, 20, 2)
+XX
