@@ -95,4 +95,5 @@ def test_link_settings_reach_the_ssh_transport(tmp_path, monkeypatch):
     profile = load_target("board")
     assert (profile.reconnect_attempts, profile.reconnect_backoff_s, profile.stall_s, profile.keepalive_s) == \
         (5, 0.5, 20, 2)
-XX
+    (tmp_path / "board.toml").write_text(PROFILE)
+    assert load_target("board").stall_s is None  # unset: the transport's defaults
