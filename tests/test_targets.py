@@ -86,8 +86,8 @@ def test_bad_profiles_get_clear_errors(tmp_path, monkeypatch, edit, message):
     assert load_target("board").transport == "ssh"
 
 
-def test_link_settings_reach_the_ssh_transport(tmp_path, monkeypatch):
-    """A profile's reconnect/stall/keepalive settings are the ssh transport's (issue 11)."""
+def test_link_settings_are_read_from_the_profile(tmp_path, monkeypatch):
+    """A profile sets the ssh link's reconnects, stall and keepalive (issue 11); spec.py hands them on."""
     monkeypatch.setattr(config, "TARGETS_DIR", tmp_path)
     (tmp_path / "board.toml").write_text(PROFILE.replace("transport = \"ssh\"", "transport = \"ssh\"\n"
                                          "reconnect_attempts = 5\nreconnect_backoff_s = 0.5\nstall_s = 20\n"
