@@ -361,7 +361,7 @@ def test_remote_disk_full_during_upload(sshd, local_run, tmp_path, full_disk):
     options = ssh_options(sshd, tmp_path)
     options[options.index("--remote-root") + 1] = str(root)
     proc = cli(sshd, "run", str(cfg), "--db", str(db), "--no-progress", *options)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # EXIT_ROWS_ERROR: the run finished with ERROR rows
     run_id = run_ids(db)[-1]
     failed = results(db, run_id)
     assert len(failed) == 5 and all(r["verdict"] == "ERROR" for r in failed)
