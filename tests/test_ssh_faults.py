@@ -174,8 +174,8 @@ def job(small_model):
 
 def measure(seconds: float) -> MeasureConfig:
     """The runner busy for about 2 x ``seconds`` (a settling round, then one round), with a heartbeat per round."""
-    return MeasureConfig(warmup_runs=1, warmup_s=0.01, min_runs=5, min_s=seconds, rounds=1, max_rounds=1,
-                         extend_s=0.0, timeout_s=120, energy_idle_s=0.0, energy_window_s=0.1,
+    return MeasureConfig(warmup_runs=1, warmup_s=0.01, min_runs=5, min_s=seconds, max_runs=10**9, rounds=1,
+                         max_rounds=1, extend_s=0.0, timeout_s=120, energy_idle_s=0.0, energy_window_s=0.1,
                          sensor_root="/nonexistent")
 
 
@@ -247,7 +247,7 @@ def test_device_stays_away_device_lost_at_once(server, job, tmp_path):
         took = time.monotonic() - start
         message = str(info.value)
         assert message.startswith(f"device ssh://{server.label} unreachable after 2 reconnects over ")
-        assert "(last: Connection refused); the run stopped; --resume run1 continues" in message
+        assert message.endswith("(last: Connection refused)"), message  # the CLI adds how to resume
         assert took < 15, took
         # the next job does not try again and again: the caller stops the run (one message, no ERROR rows)
     finally:
@@ -280,7 +280,7 @@ def test_host_key_changed_mid_run_stops_at_once(server, job, tmp_path):
         thread.join()
         message = str(info.value)
         assert f"device {server.label}: the host key of [127.0.0.1]:{server.port} CHANGED" in message
-        assert "intercepting" in message and "ssh-keygen -R" in message and "--resume run1" in message
+        assert "intercepting" in message and "ssh-keygen -R" in message
         # refused at the first answer, not after every reconnect (5 x backoff would be 0.3 + 0.6 + ... = 9.3 s)
         assert "unreachable" not in message
     finally:
@@ -491,10 +491,10 @@ def test_cli_device_lost_stops_the_run_then_resume_finishes(server, small_model,
     finally:
         restart_sshd(server)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr  # EXIT_STOPPED
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("sparsebench: error:")]
-    assert len(lines) == 1, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("sparsebench: ")]
+    assert len(lines) == 1 and " stopped: " in lines[0], proc.stderr
     assert f"device ssh://{server.label} unreachable after 3 reconnects over" in lines[0], lines[0]
-    assert "(last: Connection refused); the run stopped; --resume" in lines[0], lines[0]
+    assert "(last: Connection refused); the rows measured so far are kept in" in lines[0], lines[0]
     run_id = lines[0].rsplit("--resume ", 1)[1].split()[0]
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT verdict FROM results WHERE run_id=?", (run_id,)).fetchall()

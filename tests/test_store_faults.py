@@ -353,7 +353,7 @@ def test_second_resume_of_a_running_run_is_refused_then_a_killed_run_is_taken_ov
         assert run_id, first.communicate()
         second = sparsebench("run", str(cfg), "--resume", run_id, "--no-progress")
         assert first.poll() is None, "the first run ended before the second resume was refused: make it longer"
-        assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr  # refused: nothing run
         lines = [l for l in second.stderr.splitlines() if l.startswith("sparsebench: error:")]
         assert len(lines) == 1, second.stderr
         assert f"run {run_id} is being measured by pid {first.pid} on host " in lines[0]
@@ -388,3 +388,45 @@ def test_a_zombie_or_reused_pid_does_not_keep_a_lease(tmp_path):
         store.conn.execute("UPDATE leases SET token='old', pid_start='1'")
     store.acquire_lease("r1")
     store.close()
+
+
+@pytest.mark.slow
+def test_cli_run_whose_database_becomes_unwritable_stops_with_exit_4(tmp_path, small_model):
+    """Through the command line: the database file made immutable after the first row is stored. The run stops
+    with one line naming the file (exit 4, EXIT_STOPPED), no traceback, and the committed row is intact."""
+    from conftest import write_config
+
+    model, eval_set = small_model
+    db = tmp_path / "r.db"
+    cfg = write_config(tmp_path / "c.toml", model=model, eval_set=eval_set, db=db, levels=(0, 0.5, 0.9),
+                       methods=("unstructured",), batch=(1, 2), min_s=0.5)
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(cfg), "--no-progress"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    files = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                conn = sqlite3.connect(db)
+                stored = conn.execute("SELECT run_id, variant_key FROM results").fetchall()
+                conn.close()
+            except sqlite3.OperationalError:
+                stored = []
+            if stored:
+                break
+            time.sleep(0.05)
+        assert stored and proc.poll() is None, proc.communicate()
+        files = [p for p in (db, Path(f"{db}-wal")) if p.exists()]  # not -shm: it is mapped
+        _chattr("+i", *files)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if files:
+            subprocess.run(["chattr", "-i", *map(str, files)], check=False)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 4 and "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if "cannot store the row" in l]
+    assert len(lines) == 1 and str(db) in lines[0] and "--resume" in lines[0], err
+    run_id = stored[0][0]
+    assert set(_keys(db, run_id)) >= {key for _, key in stored}  # what was committed before stays

@@ -303,12 +303,10 @@ class SSHTransport(Transport):
                 return
             except TransportError as err:
                 if getattr(err, "host_key_changed", False):
-                    raise DeviceLost(f"{err}; the run stopped; after checking, --resume {self.run_name} "
-                                     "continues") from None
+                    raise DeviceLost(str(err)) from None  # the CLI's stop line says how to resume
                 last = getattr(err, "reason", str(err))
         raise DeviceLost(f"device ssh://{self.device} unreachable after {self.reconnect_attempts} reconnects over "
-                         f"{time.monotonic() - start:.0f} s (last: {last}); the run stopped; --resume {self.run_name} "
-                         "continues") from None
+                         f"{time.monotonic() - start:.0f} s (last: {last})") from None
 
     def _open(self, ep: Endpoint, sock, role: str):
         """An authenticated paramiko client for ``ep`` (the device or a jump host); failures become one message."""
