@@ -525,3 +525,36 @@ def test_fault_settings_come_from_the_target_profile(server):
     assert (t.reconnect_attempts, t.reconnect_backoff_s, t.stall_s, t.keepalive_s) == (5, 0.5, 7.0, 3.0)
     t = spec.transport(SimpleNamespace(name="board", transport="ssh", port=22, remote_root="~/sb", python=""))
     assert (t.reconnect_attempts, t.reconnect_backoff_s, t.stall_s, t.keepalive_s) == (3, 1.0, 60.0, 5.0)
+
+
+def test_local_stale_job_directories_are_swept_only_ours(tmp_path):
+    """This machine as the device: a work directory whose harness process is gone (SIGKILLed) is removed by the
+    next run's first work directory, and a runner still running in it is stopped; a directory without our marker,
+    or whose harness still runs, is left alone."""
+    import json
+    import socket
+
+    from harness.transports.base import JOB_MARKER, JOB_PID
+    from harness.transports.local import LocalTransport
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, foreign, busy = (tmp_path / f"sparsebench-{name}-x" for name in ("stale", "foreign", "busy"))
+    for path in (stale, foreign, busy):
+        path.mkdir()
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    marker = {"host": socket.gethostname(), "started": time.time()}
+    (stale / JOB_MARKER).write_text(json.dumps({**marker, "pid": dead.pid}))
+    (stale / JOB_PID).write_text(str(runner.pid))
+    (busy / JOB_MARKER).write_text(json.dumps({**marker, "pid": os.getpid()}))
+    try:
+        t = LocalTransport(str(tmp_path))
+        fresh = Path(t.make_workdir("job"))
+        assert t.swept == [str(stale)] and not stale.exists() and foreign.exists() and busy.exists()
+        assert runner.wait(timeout=10) is not None  # the orphaned runner was stopped
+        assert json.loads((fresh / JOB_MARKER).read_text())["pid"] == os.getpid()
+        LocalTransport(str(tmp_path)).make_workdir("again")
+        assert fresh.exists()  # made by this (live) process: not stale
+    finally:
+        if runner.poll() is None:
+            runner.kill()

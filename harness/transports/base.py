@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +161,20 @@ def oom_line(log: str, pid: int | None) -> str | None:
     @abc.abstractmethod
     def default_python(self) -> str:
         """The interpreter that runs the device-side runner when the profile names none."""
+
+
+JOB_MARKER = ".sparsebench-job"  # in every work directory: who made it (host, pid, time)
+JOB_PID = ".sparsebench-pid"  # in every work directory where a command ran: its process (group) id on the device
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .base import CommandResult, Transport
+from .base import JOB_MARKER, JOB_PID, CommandResult, Transport, pid_alive
 
 
 class LocalTransport(Transport):
@@ -21,14 +23,46 @@ class LocalTransport(Transport):
 
     def __init__(self, root: str | None = None):
         self._root = root
+        self._swept = False
+        self.swept: list[str] = []  # the job directories that the sweep removed
 
     @property
     def device(self) -> str:
         return "localhost"
 
     def make_workdir(self, label: str) -> str:
+        """A new work directory with the job marker (who made it); the first one of this transport first sweeps
+        the stale directories of this harness under the root (:meth:`sweep_stale`)."""
+        if not self._swept:
+            self._swept = True
+            self.sweep_stale()
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)[:60]
-        return tempfile.mkdtemp(prefix=f"sparsebench-{safe}-", dir=self._root)
+        path = tempfile.mkdtemp(prefix=f"sparsebench-{safe}-", dir=self._root)
+        marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        Path(path, JOB_MARKER).write_text(json.dumps(marker))
+        return path
+
+    def sweep_stale(self) -> None:
+        """Remove the work directories under the root that a harness process now gone left behind (killed with
+        SIGKILL, or a machine that lost power), stopping a runner still running in one. Only directories with
+        this harness's marker are touched. Never raises."""
+        root = Path(self._root or tempfile.gettempdir())
+        try:
+            candidates = list(root.glob("sparsebench-*"))
+        except OSError:
+            return
+        for job_dir in candidates:
+            try:
+                marker = json.loads((job_dir / JOB_MARKER).read_text())
+                if marker.get("host") != socket.gethostname() or pid_alive(int(marker.get("pid", 0))):
+                    continue
+                runner = (job_dir / JOB_PID).read_text().strip() if (job_dir / JOB_PID).exists() else ""
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue  # not ours, or not readable: never touched
+            if runner.isdigit():
+                self.kill_group(int(runner))
+            shutil.rmtree(job_dir, ignore_errors=True)
+            self.swept.append(str(job_dir))
 
     def mkdir(self, remote_dir: str, name: str) -> str:
         path = Path(remote_dir) / name
@@ -55,6 +89,11 @@ class LocalTransport(Transport):
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
                                 cwd=cwd, start_new_session=True)
+        if cwd and Path(cwd, JOB_MARKER).exists():  # a work directory: its process group, for a later sweep
+            try:
+                Path(cwd, JOB_PID).write_text(str(proc.pid))
+            except OSError:
+                pass
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeviceLost, HarnessError
-from .base import CommandResult, ConnectionLost, Stalled, Transport, TransportError
+from .base import (JOB_MARKER, JOB_PID, CommandResult, ConnectionLost, Stalled, Transport, TransportError,
+                   pid_alive as _pid_alive)
 
 DEFAULT_REMOTE_ROOT = "~/.cache/sparsebench"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -60,8 +61,6 @@ DEFAULT_STALL_S = 60.0  # a running command that prints nothing (no heartbeat) f
 DEFAULT_KEEPALIVE_S = 5.0
 UPLOAD_FLOOR_S = 10.0  # an upload may take this long plus its size at UPLOAD_MIN_RATE before it counts as stalled
 UPLOAD_MIN_RATE = 1 << 20  # bytes per second: the slowest link we wait for
-JOB_MARKER = ".sparsebench-job"  # in every work directory: who made it (host, pid, time)
-JOB_PID = ".sparsebench-pid"  # in every work directory where a command ran: its process (group) id on the device
 STALE_FOREIGN_S = 24 * 3600  # a job directory of another host is swept only when this old and nothing runs in it
 
 _HOST_RE = r"(?P<host>\[[^\]/@]+\]|[^\[\]:/@\s]+)"
@@ -813,18 +812,6 @@ def _strip_pid(out: bytearray) -> str:
 
 #: tokens of this process's transports not closed yet: their job directories are in use
 _LIVE: set[str] = set()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _record_exit_signals() -> None:
