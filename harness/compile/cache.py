@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models.inputs import InputSpec
-from ..paths import cache_dir
+from ..paths import cache_dir, file_sha256
 from .plan import KernelPlan
 
 #: Bumped when the way artifacts are built changes in a way the hashed inputs do not capture.
@@ -98,15 +98,6 @@ def build_key(req: BuildRequest, tvm_version: str, linker: str = "") -> str:
         "toolchain": [req.toolchain, linker],
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HarnessError
-from ..paths import cache_dir
+from ..paths import cache_dir, file_sha256
 from .inputs import (InputSpec, apply_shapes, check_batch_dims, check_shared_dims, declared_inputs, index_ranges,
                      read_eval_set, static_shapes, synthetic_inputs)
 
@@ -37,14 +37,6 @@ class LoadedModel:
     def shapes_for_batch(self, batch: int) -> tuple[InputSpec, ...]:
         """Every input at ``batch`` (static shapes); refuses a batch an input's fixed dim 0 cannot take."""
         return static_shapes(self.inputs, batch, self.name)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_onnx(path: Path) -> "onnx.ModelProto":
