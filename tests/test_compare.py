@@ -30,7 +30,7 @@ P50 = {("dense", 0.0): 10.0, ("unstructured", 0.5): 8.0, ("unstructured", 0.9): 
 
 def make_row(run_id: str, device: str, target: str, method: str, sparsity: float, block: str, p50: float | None, *,
              verdict: str = "VALID", error: str | None = None, reasons: tuple[str, ...] = (),
-             energy: float | None = None, accuracy: float | None = 0.9) -> ResultRow:
+             energy: float | None = None) -> ResultRow:
     key = f"mlp/{method}{'-' + block if block else ''}/{sparsity}@b1"
     measured = p50 is not None
     return ResultRow(
@@ -38,7 +38,7 @@ def make_row(run_id: str, device: str, target: str, method: str, sparsity: float
         sparsity_actual=sparsity, block=block, batch=1, target=target, target_json={"kind": "llvm"},
         transport="ssh", latency_p50_ms=p50, latency_p50_ci_low_ms=p50 * 0.98 if measured else None,
         latency_p50_ci_high_ms=p50 * 1.02 if measured else None, latency_p90_ms=p50 * 1.1 if measured else None,
-        n_iter=11 if measured else None, accuracy=accuracy if measured else None,
+        n_iter=11 if measured else None, accuracy=0.95 - 0.1 * sparsity if measured else None,
         top1_agreement=1.0 if measured else None, energy_mj=energy,
         energy_status="ok" if energy is not None else "unavailable: no power sensor",
         verdict=verdict, error=error, reasons=reasons)
@@ -123,6 +123,7 @@ def test_html_tables_mark_invalid_and_error_cells(report):
     assert f'<td class="cell ERROR" title="{escaped}">' in table
     assert "INVALID: CV 12% &gt; 5%: pin the governor" in table
     assert "energy unavailable" in table and "energy 24.0 mJ" in table
+    assert table.count("the board&#x27;s dense baseline (1×)") == 4
     assert "<" + "script" not in html and "https://" not in html
 
 
@@ -137,7 +138,10 @@ def test_spread_of_identical_boards(comparison, report):
     assert spread[(RUN_A, "rpi5", "block", 0.9)].note == "unavailable: measured on 1 of 2 boards of this profile"
     assert spread[(RUN_X, "x86", "dense", 0.0)].note == "unavailable: one board of this profile"
     section = Path(report["html"]).read_text().split('<section id="spread">')[1].split("</section>")[0]
-    assert "unavailable: one board of this profile" in section and "10.0–11.0" in section and "10.0%" in section
+    assert "10.0–11.0" in section and "10.0%" in section
+    # a profile with one board: one line for all its variants, naming the board
+    assert section.count("unavailable: one board of this profile") == 2
+    assert f"<td>{RUN_X}</td><td>x86</td><td>mlp</td><td>every variant</td><td>laptop</td>" in section
 
 
 def test_regression_view_changes_first(comparison, report):

@@ -132,10 +132,15 @@ class Cell:
         return "energy unavailable"
 
     def speedup_text(self) -> str:
+        if self.row is self.group.baseline:
+            return "the board's dense baseline (1×)"
         if self.speedup is None:
             why = "no dense row measured on this board" if self.group.baseline is None else "not measured"
             return f"speedup n/a ({why})"
         return f"{fmt.speedup_ci(self.speedup, self.speedup_ci)} vs dense"
+
+
+ONE_BOARD = "unavailable: one board of this profile"
 
 
 @dataclass(frozen=True)
@@ -281,7 +286,7 @@ def _spreads(cells: Sequence[Cell]) -> list[Spread]:
         measured = [c for c in members if c.measured]
         note = ""
         if len(devices) < 2:
-            note = "unavailable: one board of this profile"
+            note = ONE_BOARD
         elif len(measured) < 2:
             note = f"unavailable: measured on {len(measured)} of {len(devices)} boards of this profile"
         p50s = [as_float(c.row.latency_p50_ms) for c in measured]
@@ -470,8 +475,12 @@ def _spread_section(comparison: Comparison, e) -> list[str]:
     out.append('<div class="scroll"><table id="spread-table"><thead><tr><th>run</th><th>profile</th><th>model</th>'
                "<th>variant</th><th>boards</th><th>p50 min–max ms</th><th>p50 spread</th>"
                "<th>speedup min–max</th><th>speedup spread</th></tr></thead><tbody>")
+    lonely = {}  # (run, profile, model) -> its one board's note, once for all its variants
     for s in comparison.spreads:
         head = (f"<td>{e(s.run_id)}</td><td>{e(s.target)}</td><td>{e(s.model)}</td><td>{e(s.variant.label)}</td>")
+        if s.note == ONE_BOARD:
+            lonely.setdefault((s.run_id, s.target, s.model), s)
+            continue
         if s.note:
             out.append(f'<tr>{head}<td colspan="5" class="note">{e(s.note)}</td></tr>')
             continue
@@ -480,6 +489,11 @@ def _spread_section(comparison: Comparison, e) -> list[str]:
         out.append(f"<tr>{head}<td>{e(', '.join(s.boards))}</td><td class=\"num\">{e(p)}</td>"
                    f'<td class="num">{e(fmt.pct(Spread.relative(s.p50)))}</td><td class="num">{e(sp)}</td>'
                    f'<td class="num">{e(fmt.pct(Spread.relative(s.speedup)))}</td></tr>')
+    for (run_id, target, model) in lonely:
+        devices = sorted({c.board.device for c in comparison.cells
+                          if (c.board.run_id, c.board.target, c.model) == (run_id, target, model)})
+        out.append(f"<tr><td>{e(run_id)}</td><td>{e(target)}</td><td>{e(model)}</td><td>every variant</td>"
+                   f'<td>{e(", ".join(devices))}</td><td colspan="4" class="note">{e(ONE_BOARD)}</td></tr>')
     out += ["</tbody></table></div>", "</section>"]
     return out
 

@@ -103,6 +103,7 @@ def plot_pareto_boards(comparison: Comparison, model: str, batch: int, path: Pat
         front = [valid[i] for i in pareto_front(valid)]
         if front:
             ax.plot([x for x, _ in front], [y for _, y in front], color=color, linewidth=1.5, label=board.label)
+            ax.scatter([x for x, _ in front], [y for _, y in front], s=110, facecolors="none", edgecolors=color)
         else:
             ax.plot([], [], color=color, marker="o", markerfacecolor="white", label=f"{board.label} (no VALID row)")
     ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="gray",
