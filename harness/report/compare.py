@@ -32,7 +32,7 @@ from ..errors import HarnessError
 from ..records import ResultRow
 from . import fmt
 from .fmt import as_float
-from .tables import METHOD_ORDER, Group, group_rows, is_baseline, problems_of
+from .tables import METHOD_ORDER, Group, group_rows, problems_of
 
 # --- the data ------------------------------------------------------------------------------------------------------
 

@@ -6,12 +6,12 @@ reused): Agg canvas, data and a path in, the path out, ``None`` when there is no
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from . import fmt
 from .compare import Board, Comparison
@@ -53,7 +53,7 @@ def plot_speedup_heatmap(comparison: Comparison, model: str, batch: int, series:
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-span, vmax=span, aspect="auto")
     bar = fig.colorbar(image, ax=ax)
     bar.set_label("speedup vs the board's dense (log scale)")
-    bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{2 ** v:.3g}×"))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2 ** v:.3g}×"))
     for i, board in enumerate(boards):
         for j, level in enumerate(levels):
             cell = by.get((board, level))
@@ -109,7 +109,7 @@ def plot_pareto_boards(comparison: Comparison, model: str, batch: int, path: Pat
     ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="gray",
             label="INVALID (hollow)")
     ax.margins(0.1)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel("accuracy (top-1), else top-1 agreement with dense")
     ax.set_title(f"Quality vs latency, Pareto front per board\n{model} · batch {batch}", fontsize=10)
