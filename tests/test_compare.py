@@ -52,7 +52,8 @@ def add(store: ResultStore, row: ResultRow) -> None:
 
 def fill_store(db: Path) -> ResultStore:
     """Run A: pi-a and pi-b (profile rpi5) x 5 variants, one ERROR and one INVALID cell; run B (same config):
-    pi-a again, block 50 % clearly slower, the rest the same; run X (another config) on a laptop; run E: ERRORs."""
+    pi-a again, block 50 % clearly slower, unstructured 90 % 4.5 % slower (intervals apart, below the 5 % minimum
+    change), the rest the same within the intervals; run X (another config) on a laptop; run E: ERRORs."""
     store = ResultStore(db)
     for run_id, config_hash in ((RUN_A, "hash-one"), (RUN_B, "hash-one"), (RUN_X, "hash-two"), (RUN_E, "hash-3")):
         store.create_run(run_id, name="farm", config_toml="", config_hash=config_hash, target="farm:lab",
@@ -67,8 +68,8 @@ def fill_store(db: Path) -> ResultStore:
         add(store, make_row(RUN_A, "pi-b", "rpi5", method, s, block, base * 1.1,
                             verdict="INVALID" if invalid else "VALID",
                             reasons=("CV 12% > 5%: pin the governor",) if invalid else ()))
-        slower = (method, s) == ("block", 0.5)
-        add(store, make_row(RUN_B, "pi-a", "rpi5", method, s, block, base * (1.5 if slower else 1.005)))
+        factor = {("block", 0.5): 1.5, ("unstructured", 0.9): 1.045}.get((method, s), 1.005)
+        add(store, make_row(RUN_B, "pi-a", "rpi5", method, s, block, base * factor))
         add(store, make_row(RUN_X, "laptop", "x86", method, s, block, base / 4))
         add(store, make_row(RUN_E, "pi-a", "rpi5", method, s, block, None, verdict="ERROR",
                             error="connect: board unreachable"))
@@ -150,11 +151,11 @@ def test_regression_view_changes_first(comparison, report):
     assert (reg.old_run, reg.new_run, reg.device) == (RUN_A, RUN_B, "pi-a")
     verdicts = [(c.new.variant.method, c.new.variant.sparsity, c.verdict) for c in reg.changes]
     assert verdicts[0] == ("block", 0.5, "slower") and reg.changes[0].ratio == pytest.approx(1.5)
-    assert sorted(v for _, _, v in verdicts[1:4]) == ["same within CI"] * 3
+    assert sorted(v for _, _, v in verdicts[1:4]) == ["same within 5 %", "same within CI", "same within CI"]
     assert verdicts[4] == ("block", 0.9, "not comparable: old cell is ERROR")
     assert any(f"{RUN_X} (no other run of the same config)" in n for n in comparison.regression_notes)
     section = Path(report["html"]).read_text().split('<section id="regression">')[1].split("</section>")[0]
-    assert "1 slower, 0 faster, 3 same within CI" in section and '<td class="slower">slower</td>' in section
+    assert "1 slower, 0 faster, 3 same, 1 not comparable" in section and '<td class="slower">slower</td>' in section
 
 
 def test_regression_does_not_apply_to_different_configs(db):
@@ -203,6 +204,13 @@ def test_cli_unknown_run_error_only_run(db, tmp_path, capsys):
     html = (tmp_path / "e" / "compare.html").read_text()
     assert html.count("connect: board unreachable") >= 5 and "needs two runs of the same config" in html
     assert main(["compare", RUN_A, "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "n")]) == 2
+    assert main(["compare", RUN_A, "--db", str(db), "--out", str(tmp_path / "m"), "--min-change", "5"]) == 2
+    assert "--min-change 5.0 must be a fraction" in capsys.readouterr().err
+    # no minimum change: the 4.5 % change with intervals apart is called slower
+    assert main(["compare", RUN_A, RUN_B, "--db", str(db), "--out", str(tmp_path / "z"), "--min-change", "0"]) == 0
+    with open(tmp_path / "z" / "compare.csv", newline="") as fh:
+        slower = [(r["method"], r["sparsity_target"]) for r in csv.DictReader(fh) if r["regression_verdict"] == "slower"]
+    assert sorted(slower) == [("block", "0.5"), ("unstructured", "0.9")]
 
 
 @pytest.mark.slow
@@ -226,7 +234,7 @@ def test_compare_two_real_runs(small_model, tmp_path):
     assert len(lines) == 4 and {r["run_id"] for r in lines} == set(ids)
     newer = [r for r in lines if r["run_id"] == ids[1]]
     assert all(r["regression_base_run"] == ids[0] for r in newer)
-    assert all(r["regression_verdict"] in ("faster", "slower", "same within CI") for r in newer)
+    assert all(r["regression_verdict"] in ("faster", "slower", "same within CI", "same within 5 %") for r in newer)
     sparse = [r for r in lines if r["method"] == "block"]
     assert all(float(r["speedup"]) > 0 and r["speedup_ci_low"] for r in sparse)
     html = (out / "compare.html").read_text()

@@ -164,12 +164,18 @@ class Spread:
         return (span[1] - span[0]) / span[0]
 
 
+#: A change smaller than this (relative) is not called faster/slower even when the intervals are apart: an interval
+#: is of one run's samples and misses run-to-run drift (process start, memory layout), as ``asv compare``'s factor.
+MIN_CHANGE = 0.05
+
+
 @dataclass(frozen=True)
 class Change:
     """One cell of the regression view: the same variant on the same device in an older and a newer run."""
 
     old: Cell
     new: Cell
+    min_change: float = MIN_CHANGE
 
     @property
     def ratio(self) -> float | None:
@@ -181,26 +187,28 @@ class Change:
 
     @property
     def verdict(self) -> str:
-        """``faster`` / ``slower`` when the two medians' intervals do not overlap, else ``same within CI``;
-        ``not comparable: ...`` when either side has no p50 or no interval."""
+        """``faster`` / ``slower`` when the two medians' intervals do not overlap and the p50 changed by at least
+        ``min_change``; ``same within CI`` when they overlap, ``same within N %`` when they are apart but the change
+        is smaller; ``not comparable: ...`` when either side has no p50 or no interval."""
         for side, cell in (("old", self.old), ("new", self.new)):
             if not cell.measured:
                 return f"not comparable: {side} cell is {cell.row.verdict}"
             if cell.row.p50_ci is None:
                 return f"not comparable: {side} cell has no p50 interval"
         (old_lo, old_hi), (new_lo, new_hi) = self.old.row.p50_ci, self.new.row.p50_ci
-        if new_lo > old_hi:
-            return "slower"
-        if new_hi < old_lo:
-            return "faster"
-        return "same within CI"
+        if old_lo <= new_hi and new_lo <= old_hi:
+            return "same within CI"
+        if abs(self.ratio - 1.0) < self.min_change:
+            return f"same within {self.min_change * 100:g} %"
+        return "slower" if new_lo > old_hi else "faster"
 
     @property
     def changed(self) -> bool:
         return self.verdict in ("faster", "slower")
 
     def sort_key(self) -> tuple:
-        order = {"slower": 0, "faster": 1, "same within CI": 2}.get(self.verdict, 3)
+        verdict = self.verdict
+        order = {"slower": 0, "faster": 1}.get(verdict, 2 if verdict.startswith("same") else 3)
         ratio = self.ratio
         return (order, -abs(math.log(ratio)) if ratio else 0.0, self.new.model, self.new.variant.sort_key())
 
@@ -225,6 +233,7 @@ class Comparison:
     regressions: list[Regression]
     regression_notes: list[str]  # why the regression view does not apply (different configs, ...)
     notes: dict[str, list[str]] = field(default_factory=dict)  # run_id -> the run's notes
+    min_change: float = MIN_CHANGE  # of the regression view
 
     def __post_init__(self) -> None:
         self._by_key = {(c.board, c.model, c.variant): c for c in self.cells}
@@ -297,7 +306,8 @@ def _spreads(cells: Sequence[Cell]) -> list[Spread]:
     return sorted(out, key=lambda s: (s.run_id, s.target, s.model, s.variant.sort_key()))
 
 
-def _regressions(runs: Sequence[Mapping], cells: Sequence[Cell]) -> tuple[list[Regression], list[str]]:
+def _regressions(runs: Sequence[Mapping], cells: Sequence[Cell], min_change: float
+                 ) -> tuple[list[Regression], list[str]]:
     """Pair each run with the previous run (by creation time) of the same config; per common device, one
     :class:`Change` per variant both measured or tried."""
     notes: list[str] = []
@@ -334,19 +344,19 @@ def _regressions(runs: Sequence[Mapping], cells: Sequence[Cell]) -> tuple[list[R
                     continue
                 old_cell = index.get((old["run_id"], device, model, variant))
                 if old_cell is not None:
-                    changes.append(Change(old_cell, new_cell))
+                    changes.append(Change(old_cell, new_cell, min_change))
             out.append(Regression(old["run_id"], new["run_id"], device, tuple(sorted(changes, key=Change.sort_key))))
     return out, notes
 
 
 def build_comparison(runs: Sequence[Mapping], rows: Iterable[ResultRow],
-                     notes: Mapping[str, list[str]] | None = None) -> Comparison:
+                     notes: Mapping[str, list[str]] | None = None, *, min_change: float = MIN_CHANGE) -> Comparison:
     """The comparison of ``rows`` (from the runs ``runs``: records of the store's runs table, with ``run_id``,
     ``created_at``, ``config_hash``...)."""
     cells = _cells(list(rows))
-    regressions, regression_notes = _regressions(runs, cells)
+    regressions, regression_notes = _regressions(runs, cells, min_change)
     return Comparison([dict(r) for r in runs], cells, _spreads(cells), regressions, regression_notes,
-                      {k: list(v) for k, v in (notes or {}).items()})
+                      {k: list(v) for k, v in (notes or {}).items()}, min_change)
 
 
 # --- CSV -----------------------------------------------------------------------------------------------------------
@@ -501,12 +511,15 @@ def _spread_section(comparison: Comparison, e) -> list[str]:
 def _regression_section(comparison: Comparison, e) -> list[str]:
     out = ['<section id="regression">', "<h2>Regression view (same config, same device)</h2>",
            '<p class="note">Per cell: the older and the newer run\'s p50 with their 95 % intervals and new / old. '
-           "Faster or slower only when the two intervals do not overlap; otherwise the same within CI. Changes "
-           "first.</p>"]
+           f"Faster or slower only when the two intervals do not overlap and the p50 moved by at least "
+           f"{comparison.min_change * 100:g} % (an interval is of one run's samples and misses run-to-run drift, as asv compare's "
+           "factor); otherwise the same within CI (or within the minimum change). Changes first.</p>"]
     out += [f'<p class="note regression-note">{e(n)}</p>' for n in comparison.regression_notes]
     for reg in comparison.regressions:
-        counts = {v: sum(c.verdict == v for c in reg.changes) for v in ("slower", "faster", "same within CI")}
-        summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+        counts = {v: sum(c.verdict == v for c in reg.changes) for v in ("slower", "faster")}
+        counts["same"] = sum(c.verdict.startswith("same") for c in reg.changes)
+        counts["not comparable"] = sum(c.verdict.startswith("not comparable") for c in reg.changes)
+        summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n or v != "not comparable")
         out.append(f"<h3>{e(reg.old_run)} → {e(reg.new_run)} on {e(reg.device)}: {e(summary)}</h3>")
         out.append('<div class="scroll"><table class="regression"><thead><tr><th>model</th><th>variant</th>'
                    "<th>old p50 ms [CI]</th><th>new p50 ms [CI]</th><th>new / old</th><th>verdict</th>"
@@ -583,7 +596,7 @@ def write_compare_report(comparison: Comparison, out_dir: str | Path, *, title: 
 
 # --- the command ---------------------------------------------------------------------------------------------------
 
-def load_comparison(store, run_ids: Sequence[str]) -> Comparison:
+def load_comparison(store, run_ids: Sequence[str], *, min_change: float = MIN_CHANGE) -> Comparison:
     """The comparison of runs ``run_ids`` of ``store`` (a :class:`~harness.store.ResultStore`); an unknown run id
     is a :class:`HarnessError` saying how to list the runs."""
     runs, rows, notes = [], [], {}
@@ -595,14 +608,16 @@ def load_comparison(store, run_ids: Sequence[str]) -> Comparison:
         runs.append(run)
         rows += store.results(run_id)
         notes[run_id] = store.notes(run_id)
-    return build_comparison(runs, rows, notes)
+    return build_comparison(runs, rows, notes, min_change=min_change)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..cli import _existing_store, ensure_writable_dir
 
     store = _existing_store(args.db)
-    comparison = load_comparison(store, args.run_ids)
+    if not 0 <= args.min_change < 1:
+        raise HarnessError(f"--min-change {args.min_change} must be a fraction in [0, 1), e.g. 0.05 for 5 %")
+    comparison = load_comparison(store, args.run_ids, min_change=args.min_change)
     ensure_writable_dir(args.out, "report directory")
     ids = list(dict.fromkeys(args.run_ids))
     paths = write_compare_report(comparison, args.out, title=f"sparsebench compare — runs {', '.join(ids)}")
@@ -617,6 +632,9 @@ def add_parser(sub, add_db) -> argparse.ArgumentParser:
                                        "boards, speedup heatmaps, Pareto fronts, regressions between runs")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs to compare (`sparsebench results` lists them)")
     p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--min-change", type=float, default=MIN_CHANGE, metavar="FRACTION",
+                   help=f"regression view: smallest p50 change called faster/slower (default {MIN_CHANGE:g}); "
+                        "the intervals must not overlap either")
     add_db(p)
     p.set_defaults(func=cmd_compare)
     return p
