@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(p)
     p.set_defaults(func=cmd_report)
 
+    from .report.compare import add_parser as add_compare_parser
+    add_compare_parser(sub, add_db)
+
     p = sub.add_parser("results", help="list runs, or print / export one run's results")
     p.add_argument("run_id", nargs="?", help="run to show (default: list runs; with --csv: the latest)")
     p.add_argument("--csv", type=Path, help="write the run's results.csv here")
