@@ -36,6 +36,8 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RPC_RE = re.compile(r"^rpc://(?P<host>\[[^\]/]+\]|[^\[\]:/@\s]+):(?P<port>[^/]*)/(?P<key>.*)$")
 #: board settings that may also be given once in [farm] as defaults (paths among them resolved against the file)
 BOARD_DEFAULTS = ("python", "identity", "known_hosts", "remote_root", "ssh_config")
+#: settings that only mean something for an ssh board
+_SSH_ONLY = ("identity", "known_hosts", "remote_root", "ssh_config")
 _BOARD_KEYS = {"name", "profile", "url", "tags", *BOARD_DEFAULTS}
 _FARM_KEYS = {"name", *BOARD_DEFAULTS}
 #: keys people may expect here that belong to the target profile instead
@@ -273,7 +275,18 @@ def load_farm(path: str | Path) -> Farm:
         bad_tag = next((t for t in tags if not _NAME_RE.fullmatch(t)), None)
         if bad_tag is not None:
             raise HarnessError(f"{where}: tag {bad_tag!r} is not an identifier; use letters, digits, '-', '_', '.'")
-        settings = {**defaults, **_settings(table, where, base)}
+        own = _settings(table, where, base)
+        if url == "local" or url.startswith("rpc://"):
+            # the [farm] defaults for ssh boards do not apply here; set on this board they are a mistake
+            given = sorted(k for k in own if k in _SSH_ONLY)
+            if given:
+                raise HarnessError(f"{where}: {', '.join(given)} only apply to ssh boards; remove them or give an "
+                                   "ssh://USER@HOST[:PORT] url")
+            # (python too: this machine's default is the harness's own interpreter, an rpc board runs no Python)
+            defaults_here = {k: v for k, v in defaults.items() if k not in _SSH_ONLY and k != "python"}
+        else:
+            defaults_here = defaults
+        settings = {**defaults_here, **own}
         board = Board(name=board_name, profile=_profile(table["profile"], where, base), url=url,
                       tags=tuple(dict.fromkeys(tags)), **settings)
         _check_url(board, where)
