@@ -73,6 +73,7 @@ release)
 show)
   if [ -d "$lease" ]; then echo HELD; show; else echo FREE; fi;;
 esac
+exit 0
 """.replace("JOBMARK", JOB_MARKER).replace("JOBPID", JOB_PID)
 
 
