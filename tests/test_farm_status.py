@@ -4,6 +4,7 @@ this machine, one board listed with the wrong profile, one unreachable, one held
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -45,7 +46,7 @@ def dead_owner_lease(transport_args: str, root: Path) -> None:
             f"from harness.transports.ssh import SSHTransport\n"
             f"BoardLease({transport_args}, board='b', run_id='dead-run').acquire()\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60,
-                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 # -- leases ------------------------------------------------------------------------------------------------------

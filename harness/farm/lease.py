@@ -69,7 +69,8 @@ takeover)
 refresh)
   if ours; then write && echo REFRESHED; else echo LOST; show; fi;;
 release)
-  if ours; then mv "$lease" "$lease.stale.$token" && rm -rf "$lease.stale.$token"; echo RELEASED; else echo NOTOURS; fi;;
+  if ours; then mv "$lease" "$lease.stale.$token" && rm -rf "$lease.stale.$token"; echo RELEASED
+  else echo NOTOURS; fi;;
 show)
   if [ -d "$lease" ]; then echo HELD; show; else echo FREE; fi;;
 esac

@@ -253,7 +253,8 @@ def add_farm_parser(sub) -> argparse._SubParsersAction:
     p = farm_sub.add_parser("status", help="check every board of a farm in parallel: reachable, Python, TVM, load, "
                                            "governor, sensors, lease; exit 3 if one is unusable")
     p.add_argument("--farm", type=Path, required=True, metavar="FARM.toml", help="the farm's inventory")
-    p.add_argument("--boards", nargs="+", action="extend", metavar="NAME|GLOB", help="only these boards (names or shell globs)")
+    p.add_argument("--boards", nargs="+", action="extend", metavar="NAME|GLOB",
+                   help="only these boards (names or shell globs)")
     p.add_argument("--tag", action="append", metavar="TAG", help="only boards with this tag (repeatable: all of them)")
     p.add_argument("--json", action="store_true", help="print the statuses as JSON instead of the table")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
