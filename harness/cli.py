@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="batch of the artifact (default: from its build.json)")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output scale (default 1e-4)")
     p.set_defaults(func=cmd_verify)
+
+    from .farm.status import add_farm_parser
+    add_farm_parser(sub)  # `farm status` (and `farm simulate`, added to what this returns)
     return parser
 
 
