@@ -56,7 +56,7 @@ class RpcTransport(Transport):
         self.run_name = run_name
         self.request_timeout_s = float(request_timeout_s)
         self.session = None
-        self.server: str | None = None  # the server's address, as the tracker gave it
+        self.uploads = 0  # files uploaded so far (each gets a fresh name)
 
     # -- the session ----------------------------------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class RpcTransport(Transport):
             try:
                 tracker = TrackerSession((self.host, self.port))
                 box["tracker"] = tracker
-                sess = tracker.request(self.key, priority=1, session_timeout=0)
+                sess = tracker.request(self.key, priority=1, session_timeout=0, max_retry=1)
             except Exception as err:  # noqa: BLE001 - reported by the caller
                 box["error"] = err
                 return
@@ -145,7 +145,6 @@ class RpcTransport(Transport):
         with lock:
             if "session" in box:
                 self.session = box["session"]
-                self.server = None
                 return
             box["abandoned"] = True
         tracker = box.get("tracker")
@@ -244,7 +243,7 @@ class RpcTransport(Transport):
 
         def work():
             try:
-                _measure_group(self, models, inputs, batch, measure, runs, steps)
+                _measure_group(self, models, inputs, batch, measure, runs, steps, label)
             except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
                 box["error"] = err
 
@@ -283,8 +282,10 @@ class RpcTransport(Transport):
 
         self.connect()
         try:
-            self.session.upload(str(library), "kernels.so")
-            lib = self.session.load_module("kernels.so")
+            self.uploads += 1
+            name = f"{self.uploads}-kernels.so"
+            self.session.upload(str(library), name)
+            lib = self.session.load_module(name)
         except Exception as err:  # noqa: BLE001
             if _session_broke(err):
                 self.session = None
@@ -318,7 +319,7 @@ class RpcTransport(Transport):
                                                    f"kernels ({_short(err)})") from None
                 times[spec["id"]] = {"error": f"{type(err).__name__}: {_short(err)}"}
         try:
-            self.session.remove("kernels.so")
+            self.session.remove(name)
         except Exception:  # noqa: BLE001 - the server's session folder goes with the session
             pass
         return times
@@ -388,7 +389,8 @@ class _Variant:
         self.model_time_error = None
 
 
-def _measure_group(transport: RpcTransport, models, inputs: dict, batch: int, measure, runs, steps) -> None:
+def _measure_group(transport: RpcTransport, models, inputs: dict, batch: int, measure, runs, steps,
+                   label: str) -> None:
     """Upload, load, time in interleaved rounds, evaluate; fills ``runs`` and ``steps``. Per-model failures are
     that model's error; a broken session propagates (the caller turns it into ConnectionLost)."""
     import numpy as np
@@ -415,7 +417,9 @@ def _measure_group(transport: RpcTransport, models, inputs: dict, batch: int, me
             variant.error = PEER_ERROR
             continue
         t0 = time.perf_counter()
-        name = f"{transport.run_name or 'job'}-model{variant.index}{Path(str(artifact)).suffix or '.so'}"
+        # a name never used in the session: the server's dlopen would hand back a library loaded under the same path
+        transport.uploads += 1
+        name = f"{transport.uploads}-{label}-model{variant.index}{Path(str(artifact)).suffix or '.so'}"
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         try:
             remote.upload(str(artifact), name)
