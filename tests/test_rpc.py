@@ -27,10 +27,10 @@ def farm(tmp_path_factory):
         yield farm
 
 
-def _config(tmp_path: Path, small_model, *, batch=(1,), min_s=0.05) -> Path:
+def _config(tmp_path: Path, small_model, *, batch=(1,)) -> Path:
     model, eval_set = small_model
     return write_config(tmp_path / "run.toml", model=model, eval_set=eval_set, db=tmp_path / "r.db",
-                        levels=(0, 0.9), methods=("unstructured",), batch=batch, min_s=min_s)
+                        levels=(0, 0.9), methods=("unstructured",), batch=batch)
 
 
 def _cli(*args: str) -> list[str]:
@@ -54,6 +54,7 @@ def _one_line(stderr: str) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_run_over_rpc_end_to_end(farm, small_model, tmp_path):
     cfg = _config(tmp_path, small_model)
     res = subprocess.run(_cli("run", str(cfg), "--device", farm.url("a")), capture_output=True, text=True,
@@ -131,7 +132,7 @@ def _kill_when_loading(farm: RpcFarm, proc: subprocess.Popen, key: str, timeout_
 
 @pytest.mark.slow
 def test_a_server_killed_mid_run_retries_on_another(farm, small_model, tmp_path):
-    cfg = _config(tmp_path, small_model, batch=(1, 2), min_s=1.0)
+    cfg = _config(tmp_path, small_model, batch=(1, 2))  # two groups: the second one needs the session surely
     proc = subprocess.Popen(_cli("run", str(cfg), "--device", farm.url("a")), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     killed = _kill_when_loading(farm, proc, "a")
@@ -142,12 +143,11 @@ def test_a_server_killed_mid_run_retries_on_another(farm, small_model, tmp_path)
     assert killed != survivor and "-model0.so" in farm.log(survivor)[seen:]  # the group ran again there
     _, rows = _rows(tmp_path / "r.db")
     assert len(rows) == 4 and all(r.verdict != "ERROR" for r in rows), [(r.variant_key, r.error) for r in rows]
-    print(err)
 
 
 @pytest.mark.slow
 def test_the_only_server_killed_stops_the_run_for_resume(farm, small_model, tmp_path):
-    cfg = _config(tmp_path, small_model, min_s=1.0)
+    cfg = _config(tmp_path, small_model, batch=(1, 2))
     proc = subprocess.Popen(_cli("run", str(cfg), "--device", farm.url("c"), "--connect-timeout", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     _kill_when_loading(farm, proc, "c")
@@ -155,7 +155,6 @@ def test_the_only_server_killed_stops_the_run_for_resume(farm, small_model, tmp_
     assert proc.returncode == EXIT_STOPPED, err
     line = _one_line(err)
     assert "device rpc://127.0.0.1:" in line and "/c lost" in line and "--resume" in line, line
-    print(err)
 
 
 def test_rpc_urls_and_options(tmp_path):
