@@ -108,7 +108,13 @@ class RpcTransport(Transport):
         """A session with a free server of our key within ``timeout_s``; TransportError("connect", ...) else."""
         deadline = time.monotonic() + timeout_s
         while True:
-            registered, free, pending, keys = self._counts(self.summary(min(5.0, max(timeout_s, 1.0))))
+            try:
+                registered, free, pending, keys = self._counts(self.summary(min(5.0, max(timeout_s, 1.0))))
+            except TransportError:  # a reconnect rides out a tracker restarting within the timeout
+                if not wait_registered or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                continue
             if registered:
                 break
             if not wait_registered or time.monotonic() >= deadline:

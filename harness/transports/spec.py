@@ -106,8 +106,9 @@ def add_device_arguments(parser: argparse.ArgumentParser, *, positional: bool = 
     group.add_argument("--remote-root", metavar="DIR",
                        help="directory on the device for work files (default ~/.cache/sparsebench)")
     group.add_argument("--ssh-config", metavar="PATH", help="ssh client config (default ~/.ssh/config)")
-    group.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="ssh connect timeout (default 15); for an rpc:// device, how long to wait for a free board "
-                            "(default 60)")
+    group.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                       help="ssh connect timeout (default 15); for an rpc:// device, how long to wait for a free "
+                            "board (default 60)")
 
 
 def device_spec_from_args(args: argparse.Namespace) -> DeviceSpec:
