@@ -179,7 +179,9 @@ def select_kernels(requests: Sequence[BuildRequest], *, transport, python: str, 
     note, times, fresh = "", {}, set()
     try:
         log(f"kernel selection: fingerprinting {transport.device}")
-        board = board_fingerprint(transport, python, timeout_s=min(timeout_s, 300))
+        # a transport that times kernels itself (rpc: no shell on the board) also says what decides its timings
+        board = (transport.fingerprint() if hasattr(transport, "time_kernels")
+                 else board_fingerprint(transport, python, timeout_s=min(timeout_s, 300)))
         fingerprint = {**board, "target": target, "schedules": schedules_hash(), "tvm_host": _host_tvm()}
         cache = timing_cache(fingerprint)
         times = _valid_times(cache.read().get("times"))
@@ -242,8 +244,12 @@ def _time_on_device(missing: dict, weights: dict, target: dict, toolchain_name: 
         except Exception as err:  # noqa: BLE001 - any compiler failure: the rule decides, and the plan says why
             last = traceback.format_exception_only(type(err), err)[-1].strip()
             raise HarnessError(f"building the timing bundle: {last[:500]}") from None
-        result = time_kernels(transport, python, Path(lib), Path(npz), specs, repeat=REPEAT,
-                              min_repeat_ms=MIN_REPEAT_MS, timeout_s=timeout_s)
+        if hasattr(transport, "time_kernels"):  # the rpc transport: the remote time_evaluator, through its session
+            result = transport.time_kernels(Path(lib), Path(npz), specs, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS,
+                                            timeout_s=timeout_s)
+        else:
+            result = time_kernels(transport, python, Path(lib), Path(npz), specs, repeat=REPEAT,
+                                  min_repeat_ms=MIN_REPEAT_MS, timeout_s=timeout_s)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return {kkey: {**value, "measured_at": stamp} for kkey, value in result.items()}
 

@@ -51,6 +51,8 @@ def check_runtime(transport: Transport, python: str, *, host_tvm: str | None = N
     """Run :data:`PROBE` with ``python`` on the device; raise TransportError("prepare", ...) naming the device and
     the fix when it cannot import numpy or the TVM runtime. Returns the probe's report: module -> version, and
     ``<module>_error`` for each module (the ``optional`` ones included) that did not import."""
+    if hasattr(transport, "probe"):  # no shell on the board (rpc): what its server tells
+        return _check_probe(transport, host_tvm=host_tvm, optional=optional)
     python = python or transport.default_python()
     where = f"device {transport.device}"
     res = transport.run([python, "-c", PROBE, *optional], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
@@ -78,6 +80,19 @@ def check_runtime(transport: Transport, python: str, *, host_tvm: str | None = N
         raise TransportError("prepare", f"{where}: the device's TVM runtime is {report['tvm']} but this host "
                                         f"compiles with TVM {host_tvm}; artifacts need the same release: "
                                         f"{python} -m pip install apache-tvm=={host_tvm}", res)
+    return report
+
+
+def _check_probe(transport: Transport, *, host_tvm: str | None, optional: tuple[str, ...]) -> dict:
+    """:func:`check_runtime` for a transport with a ``probe()`` (the rpc server: the TVM runtime is there by
+    definition); its TVM release checked against the host's where the probe reports one."""
+    report = dict(transport.probe())
+    for name in optional:  # peer runtimes need a runner process on the board
+        report.setdefault(name + "_error", "peers need a shell on the board; not over rpc")
+    if host_tvm and report.get("tvm") and _minor(report["tvm"]) != _minor(host_tvm):
+        raise TransportError("prepare", f"device {transport.device}: its TVM runtime is {report['tvm']} but this host "
+                                        f"compiles with TVM {host_tvm}; artifacts need the same release: install "
+                                        f"apache-tvm=={host_tvm} where its rpc_server runs")
     return report
 
 

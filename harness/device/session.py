@@ -64,7 +64,13 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
     ``result.json`` the runner wrote meanwhile is fetched and used instead. A runner that stalls (no heartbeat for
     the transport's ``stall_s``) is stopped and its row says so. When the device stays unreachable (or its host key
     changed) :class:`~harness.errors.DeviceLost` propagates: the run stops, to be resumed. Whatever happens --
-    interrupts included -- the job's processes on the device are stopped and its directory removed."""
+    interrupts included -- the job's processes on the device are stopped and its directory removed.
+
+    A transport that measures by itself (``run_group``: the rpc transport, no runner on the board) gets the group,
+    with the same reconnect-and-retry-once."""
+    if hasattr(transport, "run_group"):
+        return _run_group_by_transport(transport, models=models, inputs=inputs, batch=batch, measure=measure,
+                                       python=python, label=label, keep=keep)
     runs = [DeviceRun() for _ in models]
     steps: dict[str, float] = {}
     error = None
@@ -137,6 +143,33 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
             if error and not run.error:
                 run.error = error
     return runs
+
+
+def _run_group_by_transport(transport, **group) -> list[DeviceRun]:
+    """:meth:`run_group` of a transport that measures by itself; a lost session is reopened (the transport's
+    bounded request) and the group retried once on it; DeviceLost propagates."""
+    steps: dict[str, float] = {}
+    error = None
+    for attempt in (1, 2):
+        try:
+            with _timed(steps, "connect"):
+                try:
+                    transport.connect()
+                except TransportError as err:  # gone since the last group: the bounded request again, or DeviceLost
+                    transport.reconnect(str(err))
+            runs = transport.run_group(**group)
+            for run in runs:
+                run.steps_s = {**steps, **run.steps_s}
+            return runs
+        except ConnectionLost as err:
+            with _timed(steps, "connect"):
+                transport.reconnect(str(err))  # DeviceLost: the run stops, to be resumed
+            if attempt == 2:
+                error = f"{err} (again after reconnecting)"
+        except TransportError as err:
+            error = str(err)
+            break
+    return [DeviceRun(steps_s=dict(steps), error=error) for _ in group["models"]]
 
 
 @contextmanager

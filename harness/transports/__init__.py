@@ -2,6 +2,7 @@
 
 from .base import CommandResult, Transport, TransportError
 from .local import LocalTransport
+from .rpc import RpcTransport  # TVM's rpc client is imported only when a session is requested
 from .ssh import SSHTransport  # paramiko itself is imported only when a connection opens
 
 TRANSPORTS = {"local": LocalTransport, "ssh": SSHTransport}
@@ -9,13 +10,17 @@ TRANSPORTS = {"local": LocalTransport, "ssh": SSHTransport}
 
 def make_transport(name: str, **options) -> Transport:
     """The transport registered as ``name``, or the one a device names: ``ssh://[user@]host[:port]`` or a Host
-    alias from ``~/.ssh/config`` (both built as :class:`SSHTransport` with ``host`` set). Connects nothing."""
+    alias from ``~/.ssh/config`` (both built as :class:`SSHTransport` with ``host`` set), or
+    ``rpc://TRACKER_HOST:PORT/KEY`` (:class:`RpcTransport`: a board of TVM's RPC tracker). Connects nothing."""
     from ..errors import HarnessError
 
     if "://" in name:
         scheme = name.partition("://")[0]
+        if scheme == "rpc":
+            return RpcTransport(name, **options)
         if scheme != "ssh":
-            raise HarnessError(f"unknown device scheme {scheme!r} in {name!r}; known: ssh://[USER@]HOST[:PORT]")
+            raise HarnessError(f"unknown device scheme {scheme!r} in {name!r}; known: ssh://[USER@]HOST[:PORT], "
+                               "rpc://TRACKER_HOST:PORT/KEY")
         return SSHTransport(name, **options)
     if name not in TRANSPORTS:
         if name and name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -27,4 +32,5 @@ def make_transport(name: str, **options) -> Transport:
     return TRANSPORTS[name](**options)
 
 
-__all__ = ["CommandResult", "Transport", "TransportError", "LocalTransport", "SSHTransport", "make_transport"]
+__all__ = ["CommandResult", "Transport", "TransportError", "LocalTransport", "RpcTransport", "SSHTransport",
+           "make_transport"]

@@ -22,7 +22,7 @@ _SSH_ONLY = {"identity": "--identity", "known_hosts": "--known-hosts", "trust_ne
 class DeviceSpec:
     """The device chosen on the command line (every field optional: None/False = the profile's choice)."""
 
-    device: str | None = None  # "local", "ssh://[user@]host[:port]" or an ssh_config Host alias
+    device: str | None = None  # "local", "ssh://[user@]host[:port]", an ssh_config Host alias or rpc://HOST:PORT/KEY
     python: str | None = None  # interpreter on the device that runs the runner
     identity: tuple[str, ...] = ()  # private key files, tried before the ssh config's and ~/.ssh/id_*
     known_hosts: str | None = None  # default ~/.ssh/known_hosts (or the config's UserKnownHostsFile)
@@ -33,17 +33,26 @@ class DeviceSpec:
     connect_timeout_s: float | None = None
 
     def transport_name(self, profile=None) -> str:
-        """``local`` or ``ssh`` (what the results' ``transport`` column says)."""
+        """``local``, ``ssh`` or ``rpc`` (what the results' ``transport`` column says)."""
         device = self.device or (profile.transport if profile is not None else "local")
+        if device.startswith("rpc://"):
+            return "rpc"
         return device if device in TRANSPORTS else "ssh"
 
     def transport(self, profile=None, *, run_name: str = "") -> Transport:
         """The unopened transport for this device; ``run_name`` names the per-run directory on the device."""
         device = self.device or (profile.transport if profile is not None else "local")
-        if self.transport_name(profile) == "local":
+        if self.transport_name(profile) in ("local", "rpc"):
             given = [flag for key, flag in _SSH_ONLY.items() if getattr(self, key)]
+            if given and device.startswith("rpc://"):
+                raise HarnessError(f"{', '.join(given)} only apply to ssh devices, not to the rpc board {device}; "
+                                   "drop them (the tracker hands out the board)")
             if given:
                 raise HarnessError(f"{', '.join(given)} only apply to ssh devices; add --device ssh://USER@HOST[:PORT]")
+            if device.startswith("rpc://"):
+                # --connect-timeout bounds the tracker's request for a free board (default 60 s)
+                timeout = {"request_timeout_s": self.connect_timeout_s} if self.connect_timeout_s else {}
+                return make_transport(device, run_name=run_name, **timeout)
             return make_transport("local")
         if device == "ssh":
             name = profile.name if profile is not None else "this"
@@ -81,7 +90,8 @@ def add_device_arguments(parser: argparse.ArgumentParser, *, positional: bool = 
                                 "(default: the target profile's transport)")
     else:
         group.add_argument("--device", metavar="DEVICE",
-                           help="where to run: local, ssh://USER@HOST[:PORT], or a Host alias from ~/.ssh/config "
+                           help="where to run: local, ssh://USER@HOST[:PORT], a Host alias from ~/.ssh/config, or "
+                                "rpc://TRACKER_HOST:PORT/KEY (a board of TVM's rpc tracker) "
                                 "(default: the target profile's transport)")
     group.add_argument("--python", metavar="PATH",
                        help="Python on the device with numpy and the TVM runtime (default: the profile's; "
@@ -96,7 +106,9 @@ def add_device_arguments(parser: argparse.ArgumentParser, *, positional: bool = 
     group.add_argument("--remote-root", metavar="DIR",
                        help="directory on the device for work files (default ~/.cache/sparsebench)")
     group.add_argument("--ssh-config", metavar="PATH", help="ssh client config (default ~/.ssh/config)")
-    group.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="ssh connect timeout (default 15)")
+    group.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                       help="ssh connect timeout (default 15); for an rpc:// device, how long to wait for a free "
+                            "board (default 60)")
 
 
 def device_spec_from_args(args: argparse.Namespace) -> DeviceSpec:
