@@ -104,6 +104,17 @@ class Endpoint:
         return f"{self.user}@{host}:{self.port}"
 
 
+def _quiet_paramiko() -> None:
+    """Paramiko's transport thread logs a failed handshake as ERROR lines with a traceback; with no handler
+    configured Python prints them to stderr. Every failure reaches the user as our one-line message instead, so
+    paramiko's own records go to a NullHandler (a developer who configures logging still sees them)."""
+    import logging
+
+    log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+
+
 def load_ssh_config(path: str | None):
     """The parsed ssh client config (empty when the default file does not exist)."""
     import paramiko
@@ -310,6 +321,8 @@ class SSHTransport(Transport):
     def _open(self, ep: Endpoint, sock, role: str):
         """An authenticated paramiko client for ``ep`` (the device or a jump host); failures become one message."""
         import paramiko
+
+        _quiet_paramiko()
 
         who = "" if role == "device" else f"jump host {ep.label}: "
         client = paramiko.SSHClient()
