@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="batch of the artifact (default: from its build.json)")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output scale (default 1e-4)")
     p.set_defaults(func=cmd_verify)
+
+    from .farm.simulate import add_simulate_parser  # TEMPORARY (sched): the integrator hangs it on inv's `farm`
+    add_simulate_parser(sub.add_parser("farm", help="a farm of boards").add_subparsers(dest="farm_command", required=True))
     return parser
 
 
