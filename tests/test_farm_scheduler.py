@@ -82,7 +82,7 @@ def test_a_pool_without_usable_boards_is_missing_with_why():
     t = s.next_for("x", 0.0)
     s.finish("x", t, OK, 0.0)
     assert s.next_for("x", 0.0) is None and s.finished
-    assert [t.missing for t in s.missing] == ["no board of rpi5 selected"] * 2
+    assert [t.missing for t in s.missing] == ["no usable board of rpi5 in the run"] * 2
 
 
 def test_200_boards_2000_tasks_simulated():

@@ -108,6 +108,10 @@ class Scheduler:
             self._drain()
         return None
 
+    def hold(self, group: str, boards: Iterable[str]) -> None:
+        """``boards`` already hold a replica of ``group`` (from an earlier run): its tasks go to other boards."""
+        self._group_boards.setdefault(group, set()).update(boards)
+
     def ready_at(self, board: str) -> float:
         return self.boards[board].ready_at
 
@@ -203,7 +207,7 @@ class Scheduler:
                 if not live:
                     names = [b.name for b in self.boards.values() if b.pool == pool]
                     task.missing = (f"no usable board of {pool} left (quarantined: {', '.join(names)})" if names
-                                    else f"no board of {pool} selected")
+                                    else f"no usable board of {pool} in the run")
                 else:
                     task.missing = (f"every usable board of {pool} ({', '.join(live)}) already faulted on it or "
                                     "holds another replica of its group")
@@ -213,15 +217,26 @@ class Scheduler:
 # -- the threaded driver -------------------------------------------------------------------------------------------
 def run_threaded(sched: Scheduler, execute: Callable[[str, Task], None], *,
                  classify: Callable[[BaseException], str | None] = lambda err: None,
-                 stop: threading.Event | None = None, poll_s: float = 0.5) -> Scheduler:
+                 charged: Callable[[BaseException], bool] = lambda err: True,
+                 on_finish: Callable[[str, Task, str, str], None] | None = None,
+                 on_exit: Callable[[str], None] | None = None, stop: threading.Event | None = None, poll_s: float = 0.5) -> Scheduler:
     """One worker thread per board: each asks for a task, runs ``execute(board, task)`` (outside the lock), and
     reports. ``classify(err)`` turns an exception into a fault's reason (a board fault: requeue, backoff) or None
-    (re-raised: the run stops). ``stop`` set: workers finish their current task and end."""
+    (re-raised: the run stops); ``charged(err)``: whether the fault counts towards the task's attempts (False for
+    a board that failed before the task started). ``on_finish(board, task, outcome, why)`` runs under the lock
+    after each report; ``on_exit(board)`` in the worker's thread as it ends. ``stop`` set: workers finish their current task and end."""
     lock = threading.Condition()
     stop = stop or threading.Event()
     errors: list[BaseException] = []
 
     def worker(board: str) -> None:
+        try:
+            work(board)
+        finally:
+            if on_exit is not None:
+                on_exit(board)
+
+    def work(board: str) -> None:
         while True:
             with lock:
                 while True:
@@ -236,6 +251,7 @@ def run_threaded(sched: Scheduler, execute: Callable[[str, Task], None], *,
                         continue
                     b = sched.boards[board]
                     lock.wait(max(0.0, b.ready_at - now) if b.ready_at > now else poll_s)
+            charge = True
             try:
                 execute(board, task)
                 outcome, why = OK, ""
@@ -244,12 +260,14 @@ def run_threaded(sched: Scheduler, execute: Callable[[str, Task], None], *,
                 if why is None:
                     with lock:
                         errors.append(err)
-                        sched.finish(board, task, FAULT, time.monotonic(), why="stopped")
+                        stop.set()
                         lock.notify_all()
                     return
-                outcome = FAULT
+                outcome, charge = FAULT, charged(err)
             with lock:
-                sched.finish(board, task, outcome, time.monotonic(), why=why)
+                sched.finish(board, task, outcome, time.monotonic(), why=why, charge=charge)
+                if on_finish is not None:
+                    on_finish(board, task, outcome, why)
                 lock.notify_all()
 
     threads = [threading.Thread(target=worker, args=(name,), name=f"farm-{name}", daemon=True)
