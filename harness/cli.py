@@ -185,7 +185,7 @@ def cmd_run(args) -> int:
     from .config import load_config
 
     cfg = _overrides(load_config(args.config), args)
-    if args.farm is not None:  # a farm of boards (harness.farm.run)
+    if args.farm is not None or args.boards or args.tag or args.replicas != 1:  # a farm of boards (harness.farm.run)
         from .farm.run import cmd_run_farm
         return cmd_run_farm(args, cfg)
     return _run_config(cfg, args.db or cfg.db, args.resume, args.out, args.kernels, not args.no_progress,

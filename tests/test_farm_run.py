@@ -126,7 +126,9 @@ def test_three_boards_share_the_groups(sshd, own_sshd, profile, small_model, tmp
     assert set(per_board) <= {sshd.label, own_sshd.label, "localhost"} and len(per_board) >= 2, set(per_board)
     assert_groups_whole(found)
     assert run_row(tmp_path / "r.db", run_id)["target"] == "farm:t"
-    assert any(n.startswith("farm t: 3 board(s): ssh-a (quick,") for n in notes(tmp_path / "r.db", run_id))
+    said = notes(tmp_path / "r.db", run_id)
+    assert any(n.startswith("farm t: 3 board(s): ssh-a (quick,") for n in said), said
+    assert any(n.startswith("kernel selection for profile quick done on board ssh-a, reused by its 3") for n in said)
 
 
 @pytest.mark.slow
@@ -136,14 +138,16 @@ def test_a_board_lost_mid_run_is_quarantined_its_group_measured_elsewhere(own_ss
     boards = [ssh_board("doomed", own_sshd, profile, root), Board(name="here", profile=str(profile), url="local")]
     thread = after(lambda pid: kill_sshd(own_sshd), root, settle=0.5)
     try:
-        code, run_id, err = farm_run(config(tmp_path, small_model, min_s=2.0), boards, capsys)
+        code, run_id, err = farm_run(config(tmp_path, small_model, batches=(1, 2, 3), min_s=2.0), boards, capsys,
+                                     kernels="tvm-default")
         thread.join()
     finally:
         restart_sshd(own_sshd)
     assert "error" not in thread.box, thread.box
     assert code == 0, err
     found = rows(tmp_path / "r.db", run_id)
-    assert len(found) == 8 and all(r["verdict"] != "ERROR" for r in found)
+    assert len(found) == 6 and all(r["verdict"] != "ERROR" for r in found)
+    assert {r["device"] for r in found} == {"localhost"}  # the doomed board's group too
     assert_groups_whole(found)
     said = notes(tmp_path / "r.db", run_id)
     assert any(n.startswith("board doomed quarantined for the run: 3 faults in a row") for n in said), said
@@ -156,9 +160,10 @@ def test_a_farm_of_one_lost_board_stops_then_resume_finishes(own_sshd, profile, 
     root = tmp_path / "b"
     boards = [ssh_board("only", own_sshd, profile, root)]
     cfg = config(tmp_path, small_model, batches=(1, 2), min_s=2.0)
+    fast = {"kernels": "tvm-default"}  # no kernel selection to time: the fault is what this tests
     thread = after(lambda pid: kill_sshd(own_sshd), root, settle=0.5)
     try:
-        code, run_id, err = farm_run(cfg, boards, capsys)
+        code, run_id, err = farm_run(cfg, boards, capsys, **fast)
         thread.join()
     finally:
         restart_sshd(own_sshd)
@@ -166,7 +171,7 @@ def test_a_farm_of_one_lost_board_stops_then_resume_finishes(own_sshd, profile, 
     assert f"the same command with --resume {run_id} measures the rest" in err and "not measured" in err
     before = rows(tmp_path / "r.db", run_id)
     assert len(before) < 4
-    code, again, err = farm_run(cfg, boards, capsys, resume=run_id)
+    code, again, err = farm_run(cfg, boards, capsys, resume=run_id, **fast)
     assert code == 0 and again == run_id, err
     found = rows(tmp_path / "r.db", run_id)
     assert len(found) == 4 and all(r["verdict"] != "ERROR" for r in found)

@@ -100,6 +100,8 @@ def add_farm_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_run_farm(args, cfg) -> int:
     """``sparsebench run CONFIG --farm FARM.toml ...``"""
+    if args.farm is None:
+        raise HarnessError("--boards, --tag and --replicas choose boards of a farm: add --farm FARM.toml")
     given = [flag for flag, value in (("--device", args.device), ("--python", args.python),
                                       ("--identity", args.identity), ("--known-hosts", args.known_hosts),
                                       ("--remote-root", args.remote_root), ("--ssh-config", args.ssh_config))
@@ -345,6 +347,10 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
         run_threaded(sched, execute, classify=classify, charged=charged, on_finish=on_finish, on_exit=on_exit,
                      poll_s=0.2)
 
+    for b in sched.boards.values():
+        if b.faults and not b.quarantined:
+            notes.append(f"board {b.name} failed {b.faults} time(s) in a row as the run ended (last: {b.last_fault}); "
+                         "not retried: nothing was left for it")
     missing = (list(sched.missing) + [t for q in sched.queues.values() for t in q]
                + [b.task for b in sched.boards.values() if b.task is not None])
     for t in missing:

@@ -36,7 +36,7 @@ class Task:
     cost: float = 1.0  # estimated duration: longest first inside a pool
     group: str = ""  # replicas of one group run on distinct boards ("" = the task's own key)
     attempts: int = 0
-    tried: set[str] = field(default_factory=set)  # boards that faulted on it
+    tried: set[str] = field(default_factory=set)  # boards that faulted while running it (charged faults)
     board: str | None = None  # where it ran (done) or runs
     missing: str | None = None  # why it was never run
 
@@ -135,9 +135,10 @@ class Scheduler:
             b.faults += 1
             b.failed += 1
             b.last_fault = why
-            task.tried.add(board)
             task.board = None
-            if not charge:
+            if charge:  # the task may be what broke the board: it goes to another one
+                task.tried.add(board)
+            else:
                 task.attempts -= 1
             self._group_boards[task.group or task.key].discard(board)
             if task.attempts >= self.max_attempts:
