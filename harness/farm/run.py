@@ -56,8 +56,9 @@ class _Worker:
         return self.board.name
 
     def connect(self, run_id: str) -> None:
-        """A fresh transport, connected, and the board's lease (raises _ConnectFault / BoardBusy / DeviceLost)."""
-        self.close()
+        """A fresh transport, connected, and the board's lease -- the one this run took before a fault, while it
+        is still ours (raises _ConnectFault / BoardBusy / DeviceLost)."""
+        self.drop_transport()
         t = self.bench.device_spec.transport(self.bench.profile, run_name=run_id)
         try:
             t.connect()
@@ -66,24 +67,36 @@ class _Worker:
         except TransportError as err:
             raise _ConnectFault(str(err)) from None
         self.transport = t
-        if BoardLease is not None:
-            lease = BoardLease(t, board=self.name, run_id=run_id)
-            lease.acquire()  # BoardBusy
-            self.lease = lease
-
-    def close(self) -> None:
-        if self.lease is not None:
+        if BoardLease is None:
+            return
+        if self.lease is not None and self.lease.held:
+            self.lease.transport = t
             try:
-                self.lease.release()
-            except Exception:  # noqa: BLE001 -- best effort: a stale lease is taken over later
+                self.lease.refresh()
+                return
+            except BoardBusy:  # gone from the board (or taken over): take it again, or be told who has it
                 pass
-            self.lease = None
+        self.lease = BoardLease(t, board=self.name, run_id=run_id)
+        self.lease.acquire()  # BoardBusy
+
+    def drop_transport(self) -> None:
+        """Close the transport (a fault: the next task connects afresh); the lease stays ours."""
         if self.transport is not None:
             try:
                 self.transport.close()
             except Exception:  # noqa: BLE001 -- best effort
                 pass
             self.transport = None
+
+    def close(self) -> None:
+        """Give the lease back (when the board can still be reached) and close the transport."""
+        if self.lease is not None and self.transport is not None:
+            try:
+                self.lease.release()
+            except Exception:  # noqa: BLE001 -- best effort: a stale lease is taken over later
+                pass
+        self.lease = None
+        self.drop_transport()
 
 
 def add_farm_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -307,7 +320,7 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
             try:
                 rows = w.bench.run_group(run_id, todo, w.transport, cache, selections.get(w.pool)) if todo else []
             except (DeviceLost, TransportError):
-                w.close()  # a fresh transport (and lease) for the board's next task
+                w.drop_transport()  # a fresh transport for the board's next task
                 raise
             if w.lease is not None:
                 w.lease.refresh()
