@@ -120,8 +120,8 @@ def cmd_run_farm(args, cfg) -> int:
                                       ("--remote-root", args.remote_root), ("--ssh-config", args.ssh_config))
              if value]
     if given:
-        raise HarnessError(f"{', '.join(given)} do not apply with --farm: set them per board (or in [farm]) in "
-                           f"{args.farm}")
+        raise HarnessError(f"{', '.join(given)}: not with --farm (each board has its own); set them per board "
+                           f"(or in [farm]) in {args.farm}")
     from .inventory import load_farm
 
     farm = load_farm(args.farm)
@@ -147,7 +147,6 @@ def run_farm(cfg, boards, *, db: Path, resume: str | None = None, replicas: int 
         raise HarnessError(f"--replicas {replicas}: must be at least 1")
     if out is not None:
         ensure_writable_dir(out, "report directory")
-    store = ResultStore(db)
     workers: list[_Worker] = []
     for board in boards:
         profile = board.target()
@@ -163,6 +162,7 @@ def run_farm(cfg, boards, *, db: Path, resume: str | None = None, replicas: int 
     models = load_models(cfg)
     jobs = plan_jobs(cfg, models)
     groups = _groups(jobs)
+    store = ResultStore(db)
     lead = workers[0].bench
     lead.store = store
     run_id = lead.start(resume, target=f"farm:{farm_name}",
@@ -211,7 +211,7 @@ def _preflight(w: _Worker, run_id: str, peers, sizes) -> None:
             machine = probe.get("machine") or _uname(w.transport)
             why = profile_mismatch(w.bench.profile, machine)
             if why:
-                raise HarnessError(why + f"; fix the board's profile in the farm file")
+                raise HarnessError(why + "; fix the board's profile in the farm file")
         w.missing_peers = {p: p.unavailable(probe) for p in peers if p.unavailable(probe)}
     except HarnessError as err:
         w.problem = str(err)
