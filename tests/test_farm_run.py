@@ -166,7 +166,7 @@ def test_a_board_lost_mid_run_is_quarantined_its_group_measured_elsewhere(own_ss
     boards = [ssh_board("doomed", own_sshd, profile, root), Board(name="here", profile=str(profile), url="local")]
     thread = after(lambda pid: kill_sshd(own_sshd), root, settle=0.5)
     try:
-        code, run_id, err = farm_run(config(tmp_path, small_model, batches=(1, 2, 3), min_s=2.0), boards, capsys,
+        code, run_id, err = farm_run(config(tmp_path, small_model, batches=(1, 2, 3), min_s=1.5), boards, capsys,
                                      kernels="tvm-default")
         thread.join()
     finally:
@@ -187,7 +187,7 @@ def test_a_board_lost_mid_run_is_quarantined_its_group_measured_elsewhere(own_ss
 def test_a_farm_of_one_lost_board_stops_then_resume_finishes(own_sshd, profile, small_model, tmp_path, capsys):
     root = tmp_path / "b"
     boards = [ssh_board("only", own_sshd, profile, root)]
-    cfg = config(tmp_path, small_model, batches=(1, 2), min_s=2.0)
+    cfg = config(tmp_path, small_model, batches=(1, 2), min_s=1.5)
     thread = after(lambda pid: kill_sshd(own_sshd), root, settle=0.5)
     try:
         code, run_id, err = farm_process(cfg, boards)
