@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -124,12 +125,17 @@ def host_metadata() -> dict:
 class Benchmark:
     """Runs the jobs of one config against one target, writing each result to the store as it is measured."""
 
-    def __init__(self, cfg: RunConfig, store, *, progress=None, kernels: str = "ours", device=None):
+    #: TVM compiles are not run concurrently (a farm run has one Benchmark per board, in threads)
+    compile_lock = threading.Lock()
+
+    def __init__(self, cfg: RunConfig, store, *, progress=None, kernels: str = "ours", device=None,
+                 profile: TargetProfile | None = None):
         from .transports.spec import DeviceSpec
 
         self.cfg = cfg
         self.store = store
-        self.profile: TargetProfile = load_target(cfg.target)
+        # a farm board brings its own profile (the config's target is the default)
+        self.profile: TargetProfile = profile or load_target(cfg.target)
         self.progress = progress
         self.kernels = kernels
         # --device (a DeviceSpec) overrides the profile's transport; the device column names it (user@host:port)
@@ -146,8 +152,9 @@ class Benchmark:
         # nothing was run (a usage error); after it, the run stopped early (resumable)
         self.preflight_done = False
 
-    def start(self, resume: str | None) -> str:
-        """Create the run (or check the one to resume) and return its id."""
+    def start(self, resume: str | None, *, target: str | None = None, target_json: dict | None = None) -> str:
+        """Create the run (or check the one to resume) and return its id. ``target``/``target_json``: the run's
+        target columns when not the profile's (a farm run: "farm:NAME" and each profile's TVM target)."""
         from .store import new_run_id
 
         if resume:
@@ -161,7 +168,9 @@ class Benchmark:
             return resume
         run_id = new_run_id()
         self.store.create_run(run_id, name=self.cfg.name, config_toml=self.cfg.source, config_hash=config_hash(self.cfg),
-                              target=self.profile.name, target_json=self.profile.tvm_target, host=host_metadata(),
+                              target=target or self.profile.name,
+                              target_json=self.profile.tvm_target if target_json is None else target_json,
+                              host=host_metadata(),
                               harness_version=__version__)
         self.store.acquire_lease(run_id)  # released when the store closes or the process exits
         return run_id
@@ -331,7 +340,8 @@ class Benchmark:
         req = self.request(job)
         if selection is not None:
             req = replace(req, plan=selection.plan_for(req))
-        built = build(req, cache)
+        with self.compile_lock:
+            built = build(req, cache)
         row = replace(row, layers=join_layers(job.variant.layers, built.layers),
                       overhead={"compile_cached": built.cached}, error=built.error)
         return row.with_build(BuildRecord.from_result(built)), built.artifact

@@ -185,6 +185,9 @@ def cmd_run(args) -> int:
     from .config import load_config
 
     cfg = _overrides(load_config(args.config), args)
+    if args.farm is not None or args.boards or args.tag or args.replicas != 1:  # a farm of boards (harness.farm.run)
+        from .farm.run import cmd_run_farm
+        return cmd_run_farm(args, cfg)
     return _run_config(cfg, args.db or cfg.db, args.resume, args.out, args.kernels, not args.no_progress,
                        device_spec_from_args(args))
 
@@ -336,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_arguments(p)
     p.add_argument("--sensor-root", metavar="DIR", help="where the device's /sys is (default: the config's, /)")
+    from .farm.run import add_farm_run_arguments
+    add_farm_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="write the HTML/Markdown/CSV report of a run")
@@ -397,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output scale (default 1e-4)")
     p.set_defaults(func=cmd_verify)
 
+    from .farm.simulate import add_simulate_parser
     from .farm.status import add_farm_parser
-    add_farm_parser(sub)  # `farm status` (and `farm simulate`, added to what this returns)
+    add_simulate_parser(add_farm_parser(sub))  # `farm status`, `farm simulate`
     return parser
 
 
