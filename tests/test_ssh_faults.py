@@ -558,3 +558,38 @@ def test_local_stale_job_directories_are_swept_only_ours(tmp_path):
     finally:
         if runner.poll() is None:
             runner.kill()
+
+
+def test_a_connection_reset_during_the_banner_is_one_line_without_paramikos_traceback(tmp_path):
+    """A server that accepts and then resets the connection (sshd under MaxStartups pressure, a restarting daemon):
+    paramiko's transport thread logs the failure with a traceback, which Python would print to stderr; the user
+    sees our one line only (CI once failed on exactly this)."""
+    import socket
+    import struct
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+
+    def reset_each():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            time.sleep(0.3)  # paramiko's thread is reading the banner by now
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # RST
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    script = Path(sys.executable).with_name("sparsebench")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
+    try:
+        proc = subprocess.run([*cmd, "doctor", f"ssh://nobody@127.0.0.1:{port}", "--connect-timeout", "5",
+                               "--known-hosts", str(tmp_path / "kh")], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "HOME": str(tmp_path)})
+    finally:
+        srv.close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Connection reset by peer" in proc.stderr, proc.stderr
