@@ -30,14 +30,19 @@ def _isolated_cache(tmp_path_factory):
 def sshd(tmp_path_factory):
     """A real OpenSSH sshd on 127.0.0.1 (free port, temporary keys and config), shared by the session's tests.
     Fails, never skips, when it cannot start: the SSH tests are part of CI."""
+    server = start_test_sshd(tmp_path_factory, "sshd")
+    yield server
+    server.stop()
+
+
+def start_test_sshd(tmp_path_factory, name: str):
+    """A new real sshd in a fresh temporary folder ``name``; the test fails (never skips) when it cannot start."""
     from sshd import SSHDUnavailable, start_sshd
 
     try:
-        server = start_sshd(tmp_path_factory.mktemp("sshd"))
+        return start_sshd(tmp_path_factory.mktemp(name))
     except SSHDUnavailable as err:
-        pytest.fail(f"cannot start the test sshd: {err}", pytrace=False)
-    yield server
-    server.stop()
+        pytest.fail(f"cannot start the test sshd {name}: {err}", pytrace=False)
 
 
 def make_small_model(folder: Path, *, k=48, hidden=96, n_out=10, n_eval=40, seed=1) -> tuple[Path, Path]:

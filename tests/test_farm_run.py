@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_config
-from sshd import start_sshd
+from conftest import ROOT, start_test_sshd, write_config
 from test_ssh_faults import after, kill_sshd, restart_sshd
 
 from harness.farm.inventory import Board
@@ -30,7 +29,7 @@ def profile(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def own_sshd(tmp_path_factory):
     """A second sshd, this module's own: the tests kill and restart it."""
-    server = start_sshd(tmp_path_factory.mktemp("farm-sshd"))
+    server = start_test_sshd(tmp_path_factory, "farm-sshd")
     yield server
     kill_sshd(server)
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, sparsebench
-from sshd import SSHDUnavailable, free_port, start_sshd
+from conftest import ROOT, sparsebench, start_test_sshd
+from sshd import free_port
 
 from harness.config import load_target
 from harness.farm.inventory import load_farm
@@ -26,10 +26,7 @@ from harness.transports.ssh import SSHTransport
 @pytest.fixture(scope="module")
 def sshd2(tmp_path_factory):
     """A second sshd: another port, another host key and user key."""
-    try:
-        server = start_sshd(tmp_path_factory.mktemp("sshd2"))
-    except SSHDUnavailable as err:
-        pytest.fail(f"cannot start the second test sshd: {err}", pytrace=False)
+    server = start_test_sshd(tmp_path_factory, "sshd2")
     yield server
     server.stop()
 
