@@ -54,7 +54,9 @@ class FarmProgress:
             if self._live is not None:
                 self._live.update(self._table())
             elif changed or done or failed:
-                what = f"done {doing}" if done and doing else (f"failed {doing}" if failed and doing else row.state)
+                what = (f"done {doing}" if done and doing else f"failed {doing}" if failed and doing
+                        else f"{row.state} {row.doing}" if row.state in ("connecting", "running") and row.doing
+                        else row.state)
                 print(f"board {board}: {what} ({row.done} done, {row.failed} failed)", file=sys.stderr, flush=True)
 
     def _table(self):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,7 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
     by_name = {w.name: w for w in usable}
     cache = ArtifactCache()
     counts = {"rows": 0, "errors": 0}
+    per_board: dict[str, list] = {}  # board -> [groups, rows, seconds busy measuring]
     lock = threading.Lock()
 
     with FarmProgress([w.name for w in workers], enabled=progress) as bar:
@@ -303,6 +305,7 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
             if w.lease is not None:
                 w.lease.refresh()
             bar.update(board, state="running")
+            t0 = time.monotonic()
             try:
                 rows = w.bench.run_group(run_id, todo, w.transport, cache, selections.get(w.pool)) if todo else []
             except (DeviceLost, TransportError):
@@ -313,6 +316,10 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
             with lock:
                 counts["rows"] += len(rows)
                 counts["errors"] += sum(r.verdict == "ERROR" for r in rows)
+                mine = per_board.setdefault(board, [0, 0, 0.0])
+                mine[0] += 1
+                mine[1] += len(rows)
+                mine[2] += time.monotonic() - t0
             bar.update(board, doing=_label(group), done=1, state="idle")
 
         def classify(err: BaseException) -> str | None:
@@ -343,8 +350,18 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
             if w.store is not None:  # opened in this thread, closed in it
                 w.store.close()
 
+        started = time.monotonic()
         run_threaded(sched, execute, classify=classify, charged=charged, on_finish=on_finish, on_exit=on_exit,
                      poll_s=0.2)
+        measuring_s = time.monotonic() - started
+
+    for w in usable:
+        g, n, busy = per_board.get(w.name, (0, 0, 0.0))
+        faults = sched.boards[w.name].failed
+        line = (f"board {w.name} ({w.bench.device}): {g} group(s), {n} row(s), busy {busy:.1f} s of the "
+                f"{measuring_s:.1f} s measuring phase" + (f", {faults} fault(s)" if faults else ""))
+        print(line, file=sys.stderr)
+        notes.append(line)
 
     for b in sched.boards.values():
         if b.faults and not b.quarantined:
