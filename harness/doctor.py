@@ -313,6 +313,8 @@ def doctor(spec, *, target: str | None = None, as_json: bool = False) -> int:
 
     profile = load_target(target) if target else None
     transport = spec.transport(profile, run_name=f"doctor-{time.strftime('%Y%m%d-%H%M%S')}")
+    if transport.name == "rpc":
+        return _doctor_rpc(transport, profile, as_json)
     python = spec.python_for(profile) or transport.default_python()
     with transport:
         checks = [python] + ([f"{VENV}/bin/python"] if python != f"{VENV}/bin/python" else [])
@@ -325,3 +327,31 @@ def doctor(spec, *, target: str | None = None, as_json: bool = False) -> int:
     sys.stdout.flush()
     return 1 if any(f.status == "MISSING" for f in findings) else 0
 
+
+
+def _doctor_rpc(transport, profile, as_json: bool) -> int:
+    """A board behind TVM's RPC tracker has no shell: report what the tracker and the server tell (servers for the
+    key, the board's LLVM triple and runtime threads when its server says them) and check the triple against the
+    profile; 0 when a session was granted and nothing contradicts the profile, 1 otherwise."""
+    from .farm.status import profile_mismatch
+
+    with transport:
+        probe = transport.probe()
+    mismatch = profile_mismatch(profile, probe.get("machine")) if profile else None
+    if as_json:
+        print(json.dumps({**probe, "profile_mismatch": mismatch}, indent=2))
+        return 1 if mismatch else 0
+    rows = [("session", f"granted by the tracker for key {transport.key}"),
+            ("servers", f"{probe.get('servers')} registered for the key" if probe.get("servers") is not None
+             else "unknown"),
+            ("machine", probe.get("triple") or "not reported (the server has the TVM runtime only)"),
+            ("threads", str(probe.get("threads")) if probe.get("threads") is not None else "not reported"),
+            ("tvm", probe.get("tvm_note") or "unknown"),
+            ("energy", "unavailable: rpc transport (no shell on the board to read its sensors)")]
+    if profile:
+        rows.append(("profile", mismatch or f"{profile.name}: the board's triple fits" if probe.get("machine")
+                     else f"{profile.name}: not checked (no triple reported)"))
+    print(f"doctor: {transport.device} (rpc)")
+    for item, detail in rows:
+        print(f"  {item:<9} {detail}")
+    return 1 if mismatch else 0

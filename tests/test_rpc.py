@@ -118,6 +118,18 @@ def test_the_tracker_is_the_lease(farm):
     farm.wait_free("a", 2, timeout_s=20)
 
 
+def test_doctor_over_rpc_reports_what_the_server_tells(farm):
+    res = subprocess.run(_cli("doctor", farm.url("a"), "--target", "local"), capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, (res.stdout, res.stderr)
+    assert f"doctor: {farm.url('a')} (rpc)" in res.stdout and "registered for the key" in res.stdout, res.stdout
+    assert "unavailable: rpc transport" in res.stdout, res.stdout
+    res = subprocess.run(_cli("doctor", farm.url("a"), "--target", "rpi5"), capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)  # this machine's server reports x86_64: not a Pi 5
+    assert res.returncode == 1 and "but profile rpi5 targets aarch64" in res.stdout, (res.stdout, res.stderr)
+    farm.wait_free("a", 2, timeout_s=20)
+
+
 def _kill_when_loading(farm: RpcFarm, proc: subprocess.Popen, key: str, timeout_s: float = 240) -> str:
     """Wait until a server of ``key`` loads the first model of a group, then kill it; its name."""
     deadline = time.monotonic() + timeout_s
