@@ -131,6 +131,9 @@ def test_three_boards_share_the_groups(sshd, own_sshd, profile, small_model, tmp
     assert run_row(tmp_path / "r.db", run_id)["target"] == "farm:t"
     said = notes(tmp_path / "r.db", run_id)
     assert any(n.startswith("farm t: 3 board(s): ssh-a (quick,") for n in said), said
+    assert "warning: boards ssh-a, ssh-b, here are one machine" in err, err  # loopback boards share this machine
+    for name in ("ssh-a", "ssh-b", "here"):
+        assert any(n.startswith(f"board {name} (") and " row(s), busy " in n for n in said), said
     assert any(n.startswith("kernel selection for profile quick done on board ssh-a, reused by its 3") for n in said)
 
 

@@ -219,6 +219,8 @@ def test_farm_status(sshd, sshd2, tmp_path):
     assert any(p.startswith("board loop-b: held by run other-run from host") and " -- " in p for p in problems), out
     assert not any(p.startswith(("board loop-a", "board here")) for p in problems)
     assert lines[-1] == "farm loopback: 2 of 5 boards usable"
+    shared = [line for line in lines if line.startswith("warning: boards ")]
+    assert len(shared) == 1 and "loop-a" in shared[0] and "here" in shared[0] and "are one machine" in shared[0], out
     assert took < 60  # the boards are checked in parallel
     assert "Traceback" not in res.stderr
 

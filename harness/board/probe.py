@@ -73,6 +73,8 @@ def os_info() -> dict:
         "pretty_name": release.get("PRETTY_NAME") or platform.platform(),
         "id": release.get("ID"), "version_id": release.get("VERSION_ID"),
         "kernel": platform.release(), "machine": platform.machine(),
+        # the running kernel's id: two boards reporting one are one machine (containers on one host included)
+        "boot_id": (read("/proc/sys/kernel/random/boot_id") or "").strip() or None,
         "libc": libc or None, "libc_version": libc_version or None,
         "android": android, "termux": "com.termux" in (os.environ.get("PREFIX", "") + sys.prefix),
         "model": read("/proc/device-tree/model") or read("/sys/firmware/devicetree/base/model"),

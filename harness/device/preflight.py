@@ -33,6 +33,12 @@ try:
                 r["mem_available_kb"] = int(line.split()[1])
 except (OSError, ValueError, IndexError):  # no /proc (or an odd one): the memory check is skipped
     pass
+r["machine"] = platform.machine()
+try:  # one running kernel: two boards reporting the same boot id are one machine (containers on a host included)
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        r["boot_id"] = fh.read().strip()
+except OSError:
+    pass
 print(json.dumps(r))
 """
 

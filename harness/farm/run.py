@@ -23,7 +23,7 @@ from ..transports import TransportError
 from .scheduler import FAULT, Scheduler, Task, run_threaded
 
 from .lease import BoardBusy, BoardLease
-from .status import profile_mismatch
+from .status import profile_mismatch, shared_machines
 
 
 class _ConnectFault(HarnessError):
@@ -40,6 +40,7 @@ class _Worker:
     store: Any = None  # opened in the worker's own thread
     missing_peers: dict = field(default_factory=dict)  # peer -> why the board cannot run it
     problem: str | None = None  # preflight: why the board is left out
+    boot_id: str | None = None  # the board's running kernel (two boards with one are one machine)
 
     @property
     def name(self) -> str:
@@ -200,6 +201,7 @@ def _preflight(w: _Worker, run_id: str, peers, sizes) -> None:
         if why:
             raise HarnessError(why + "; fix the board's profile in the farm file")
         w.missing_peers = {p: p.unavailable(probe) for p in peers if p.unavailable(probe)}
+        w.boot_id = probe.get("boot_id")
     except HarnessError as err:
         w.problem = str(err)
         w.close()
@@ -232,6 +234,9 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
         for p, why in w.missing_peers.items():
             notes.append(f"peer {p.name}: unavailable on {w.bench.device} ({why})")
     usable = [w for w in workers if not w.problem]
+    for line in shared_machines((w.name, w.boot_id) for w in usable):
+        print(f"warning: {line}", file=sys.stderr)
+        notes.append(line)
     if not usable:
         raise HarnessError("no usable board: " + "; ".join(f"{w.name}: {w.problem}" for w in workers))
 

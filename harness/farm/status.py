@@ -69,6 +69,7 @@ class BoardStatus:
     problems: list[str] = field(default_factory=list)  # each "what is wrong -- the fix"
     device: str | None = None  # the transport's device string (user@host:port)
     check_s: float = 0.0  # seconds the check took
+    boot_id: str | None = None  # the board's running kernel (two boards with one are one machine)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,6 +86,7 @@ def _summarise(status: BoardStatus, probe: dict, python: str, profile: TargetPro
 
     os_, cpu = probe.get("os", {}), probe.get("cpu", {})
     status.machine = os_.get("machine") or None
+    status.boot_id = os_.get("boot_id") or None
     loadavg = cpu.get("loadavg") or []
     status.load = round(float(loadavg[0]), 2) if loadavg else None
     governors = cpu.get("governors") or {}
@@ -227,6 +229,17 @@ def problem_lines(statuses: Sequence[BoardStatus]) -> list[str]:
     return out
 
 
+def shared_machines(boards) -> list[str]:
+    """One line per set of boards that are one machine: ``boards`` is (name, boot id or None) pairs."""
+    by_boot: dict[str, list[str]] = {}
+    for name, boot_id in boards:
+        if boot_id:
+            by_boot.setdefault(boot_id, []).append(name)
+    return [f"boards {', '.join(names)} are one machine (the same running kernel): measured at the same time they "
+            "disturb each other's timings; list one board per machine for numbers to compare"
+            for names in by_boot.values() if len(names) > 1]
+
+
 def cmd_farm_status(args) -> int:
     """``sparsebench farm status``: 0 when every selected board is usable, 3 when one is not, 2 for bad input."""
     farm = load_farm(args.farm)
@@ -240,6 +253,8 @@ def cmd_farm_status(args) -> int:
         print(format_table(statuses))
         for line in problem_lines(statuses):
             print(line)
+        for line in shared_machines((s.board, s.boot_id) for s in statuses):
+            print(f"warning: {line}")
         print(f"farm {farm.name}: {usable} of {len(statuses)} boards usable")
     sys.stdout.flush()
     return EXIT_OK if usable == len(statuses) else EXIT_ROWS_ERROR
