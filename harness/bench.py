@@ -134,6 +134,7 @@ class Benchmark:
 
         self.cfg = cfg
         self.store = store
+        self.board: str | None = None  # the farm file's name of the board (a farm run sets it; rows carry it)
         # a farm board brings its own profile (the config's target is the default)
         self.profile: TargetProfile = profile or load_target(cfg.target)
         self.progress = progress
@@ -296,6 +297,8 @@ class Benchmark:
         if dev.result:
             overhead.update({f"device_{k}_s": v for k, v in (dev.result.get("phases_s") or {}).items()})
             meta = dev.result.get("device_meta")
+            if self.board:
+                meta = {**(meta or {}), "board": self.board}
             row = replace(row, device_meta=DeviceMeta.from_json(meta) if meta else None)
         row = replace(row, overhead=overhead)
         if dev.error:

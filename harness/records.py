@@ -289,6 +289,8 @@ class DeviceMeta(_JsonRecord):
     tvm_runtime_only: bool | None = None
     """Whether the runner loaded the TVM runtime library only (as on a board)."""
     runner_version: int | None = None
+    board: str | None = None
+    """The board's name in the farm file, for a row of a farm run (``None`` otherwise)."""
     extra: dict = field(default_factory=dict)
     """Keys this harness does not know, kept as they came."""
 

@@ -240,3 +240,9 @@ def test_compare_two_real_runs(small_model, tmp_path):
     html = (out / "compare.html").read_text()
     assert html.count('<img src="data:image/png;base64,') == 2  # block heatmap + Pareto
     assert "localhost" in html or "local" in html
+
+
+def test_a_farm_board_is_shown_by_its_name():
+    named = Board(RUN_A, "pi@10.0.0.21:22", "rpi5", "pi5-a")
+    assert named.short == "pi5-a (pi@10.0.0.21:22) [rpi5]" and named.label == f"{RUN_A} · {named.short}"
+    assert named == Board(RUN_A, "pi@10.0.0.21:22", "rpi5")  # the device identifies it; the name is for people

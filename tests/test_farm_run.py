@@ -4,6 +4,7 @@ quarantined and its group measured elsewhere; a farm of one lost board stops wit
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -132,6 +133,9 @@ def test_three_boards_share_the_groups(sshd, own_sshd, profile, small_model, tmp
     said = notes(tmp_path / "r.db", run_id)
     assert any(n.startswith("farm t: 3 board(s): ssh-a (quick,") for n in said), said
     assert "warning: boards ssh-a, ssh-b, here are one machine" in err, err  # loopback boards share this machine
+    names = {r["device"]: json.loads(r["device_meta_json"] or "{}").get("board") for r in found}
+    expected = {sshd.label: "ssh-a", own_sshd.label: "ssh-b", "localhost": "here"}
+    assert all(names[d] == expected[d] for d in names), names  # each row names its board from the farm file
     for name in ("ssh-a", "ssh-b", "here"):
         assert any(n.startswith(f"board {name} (") and " row(s), busy " in n for n in said), said
     assert any(n.startswith("kernel selection for profile quick done on board ssh-a, reused by its 3") for n in said)

@@ -139,8 +139,9 @@ def run_farm(cfg, boards, *, db: Path, resume: str | None = None, replicas: int 
     workers: list[_Worker] = []
     for board in boards:
         profile = board.target()
-        workers.append(_Worker(board, Benchmark(cfg, None, kernels=kernels, device=board.device_spec(),
-                                                profile=profile), profile.name))
+        bench = Benchmark(cfg, None, kernels=kernels, device=board.device_spec(), profile=profile)
+        bench.board = board.name  # the rows name their board (compare shows it)
+        workers.append(_Worker(board, bench, profile.name))
     pools: dict[str, list[_Worker]] = {}
     for w in workers:
         pools.setdefault(w.pool, []).append(w)

@@ -44,15 +44,16 @@ class Board:
     run_id: str
     device: str
     target: str
+    name: str = field(default="", compare=False)  # the farm file's board name, for rows of a farm run
 
     @property
     def label(self) -> str:
-        return f"{self.run_id} · {self.device} [{self.target}]"
+        return f"{self.run_id} · {self.short}"
 
     @property
     def short(self) -> str:
         """For plots, where the run id is in the title or the legend has little room."""
-        return f"{self.device} [{self.target}]"
+        return f"{self.name} ({self.device}) [{self.target}]" if self.name else f"{self.device} [{self.target}]"
 
 
 def _sort_sparsity(value: object) -> tuple[bool, float]:
@@ -280,7 +281,8 @@ def _cells(rows: Sequence[ResultRow]) -> list[Cell]:
                 if variant in seen:  # two rows of one variant (peer duplicates): keep the first, in table order
                     continue
                 seen.add(variant)
-                cells.append(Cell(Board(run_id, row.device, row.target), row.model, variant, row, group))
+                name = (row.device_meta.board if row.device_meta else None) or ""
+                cells.append(Cell(Board(run_id, row.device, row.target, name), row.model, variant, row, group))
     return cells
 
 
@@ -362,7 +364,7 @@ def build_comparison(runs: Sequence[Mapping], rows: Iterable[ResultRow],
 # --- CSV -----------------------------------------------------------------------------------------------------------
 
 #: compare.csv: one line per (run, device, model, variant). Latencies ms, energy mJ, fractions in [0, 1].
-COMPARE_COLUMNS = ["run_id", "device", "target", "model", "method", "sparsity_target", "sparsity_actual", "block",
+COMPARE_COLUMNS = ["run_id", "device", "board", "target", "model", "method", "sparsity_target", "sparsity_actual", "block",
                    "batch", "verdict", "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "speedup",
                    "speedup_ci_low", "speedup_ci_high", "accuracy", "top1_agreement", "energy_mj", "energy_status",
                    "spread_boards", "spread_p50_min_ms", "spread_p50_max_ms", "spread_p50_rel", "spread_speedup_min",
@@ -388,7 +390,8 @@ def csv_records(comparison: Comparison) -> list[dict]:
                 p_span = spread.p50 if spread else None
                 s_span = spread.speedup if spread else None
                 out.append({
-                    "run_id": board.run_id, "device": board.device, "target": board.target, "model": model,
+                    "run_id": board.run_id, "device": board.device, "board": board.name or None,
+                    "target": board.target, "model": model,
                     "method": row.method, "sparsity_target": row.sparsity_target,
                     "sparsity_actual": row.sparsity_actual, "block": row.block, "batch": row.batch,
                     "verdict": row.verdict, "latency_p50_ms": row.latency_p50_ms,
