@@ -124,12 +124,14 @@ def test_threaded_driver_200_boards_one_task_per_board_at_a_time():
     guard = threading.Lock()
     violations = []
     ran = []
+    tried = set()
 
     def execute(board, task):
         with guard:
             if in_use.get(board):
                 violations.append(board)
             in_use[board] = True
+            tried.add(board)
         try:
             if board in dead:
                 raise ConnectionError(f"{board} unreachable")
@@ -146,7 +148,10 @@ def test_threaded_driver_200_boards_one_task_per_board_at_a_time():
     assert not violations
     assert s.finished and not s.missing and len(s.done) == 1000 and sorted(ran) == sorted(t.key for t in tasks)
     assert set(s.quarantined) <= dead  # a dead board is quarantined unless the work ran out during its backoff
-    assert all(s.boards[d].done == 0 and (s.boards[d].quarantined or s.boards[d].faults) for d in dead)
+    # a dead board never completes a task; one that was tried shows its faults (on a loaded machine its thread may
+    # start after the work ran out: then it was never tried)
+    assert all(s.boards[d].done == 0 and (s.boards[d].quarantined or s.boards[d].faults or d not in tried)
+               for d in dead), {d: (s.boards[d].done, s.boards[d].faults, d in tried) for d in dead}
     assert wall < 20, wall  # ~10 ms of sleep per board; loose for a loaded 2-core CI
 
 
