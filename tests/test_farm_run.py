@@ -184,3 +184,58 @@ def test_a_farm_of_one_lost_board_stops_then_resume_finishes(own_sshd, profile, 
     assert code == 0 and again == run_id, err
     found = rows(tmp_path / "r.db", run_id)
     assert len(found) == 4 and all(r["verdict"] != "ERROR" for r in found)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_boards_runner_and_gives_the_leases_back(sshd, own_sshd, profile, small_model, tmp_path):
+    """SIGINT while two boards measure: exit 4 with one line, every board's runner stopped, its job directory and
+    the board's lease gone; --resume then measures everything."""
+    import signal
+    import subprocess
+    import time
+
+    from test_ssh_faults import alive, group_members, runner_pids
+
+    roots = [tmp_path / "a", tmp_path / "b"]
+    farm = tmp_path / "farm.toml"
+    text = ['[farm]\nname = "ctrlc"\n']
+    for name, server, root in (("ssh-a", sshd, roots[0]), ("ssh-b", own_sshd, roots[1])):
+        text.append(f'[[board]]\nname = "{name}"\nprofile = "{profile}"\nurl = "{server.url}"\n'
+                    f'python = "{sys.executable}"\nidentity = ["{server.user_key}"]\n'
+                    f'known_hosts = "{server.known_hosts}"\nremote_root = "{root}"\n')
+    farm.write_text("\n".join(text))
+    cfg = config(tmp_path, small_model, min_s=2.0)
+    cli = [sys.executable, "-m", "harness.cli", "run", str(cfg), "--farm", str(farm), "--no-progress"]
+
+    def default_signals():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+
+    proc = subprocess.Popen(cli, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    deadline, pids = time.monotonic() + 240, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        pids = [p for root in roots for p in runner_pids(root)]
+        if len(pids) == 2:  # both boards measure
+            break
+        time.sleep(0.1)
+    assert len(pids) == 2, proc.stderr.read() if proc.poll() is not None else "no runner started"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 4 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("sparsebench: ")]
+    assert len(lines) == 1 and "stopped: interrupted (SIGINT)" in lines[0], err
+    run_id = lines[0].rsplit("--resume ", 1)[1].split()[0]
+    give = time.monotonic() + 6
+    while time.monotonic() < give and any(alive(p) or group_members(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p) or group_members(p)], "a board's runner still runs"
+    for root in roots:
+        assert not (root / "board.lease").exists(), "a board's lease was left behind"
+        assert [p for p in root.glob("*/*") if p.is_dir()] == [], "job directories left on a board"
+
+    res = subprocess.run(cli + ["--resume", run_id], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    found = rows(tmp_path / "r.db", run_id)
+    assert len(found) == 8 and all(r["verdict"] != "ERROR" for r in found)
+    assert_groups_whole(found)

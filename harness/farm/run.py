@@ -79,6 +79,8 @@ class _Worker:
 
     def close(self) -> None:
         """Give the lease back (when the board can still be reached) and close the transport."""
+        if self.transport is not None:
+            self.transport.cancelled = False  # a cancel the worker never saw: the release below must run
         if self.lease is not None and self.transport is not None:
             try:
                 self.lease.release()
@@ -357,8 +359,13 @@ def _run(cfg, run_id, store, workers, pools, groups, jobs, *, db, replicas, out,
                 w.store.close()
 
         started = time.monotonic()
+        def on_stop() -> None:  # interrupted: every board's runner is stopped before the leases are given back
+            for w in usable:
+                if w.transport is not None:
+                    w.transport.cancel()
+
         run_threaded(sched, execute, classify=classify, charged=charged, on_finish=on_finish, on_exit=on_exit,
-                     poll_s=0.2)
+                     poll_s=0.2, on_stop=on_stop)
         measuring_s = time.monotonic() - started
 
     for w in usable:

@@ -220,12 +220,15 @@ def run_threaded(sched: Scheduler, execute: Callable[[str, Task], None], *,
                  classify: Callable[[BaseException], str | None] = lambda err: None,
                  charged: Callable[[BaseException], bool] = lambda err: True,
                  on_finish: Callable[[str, Task, str, str], None] | None = None,
-                 on_exit: Callable[[str], None] | None = None, stop: threading.Event | None = None, poll_s: float = 0.5) -> Scheduler:
+                 on_exit: Callable[[str], None] | None = None, stop: threading.Event | None = None, poll_s: float = 0.5,
+                 on_stop: Callable[[], None] | None = None, stop_wait_s: float = 30.0) -> Scheduler:
     """One worker thread per board: each asks for a task, runs ``execute(board, task)`` (outside the lock), and
     reports. ``classify(err)`` turns an exception into a fault's reason (a board fault: requeue, backoff) or None
     (re-raised: the run stops); ``charged(err)``: whether the fault counts towards the task's attempts (False for
     a board that failed before the task started). ``on_finish(board, task, outcome, why)`` runs under the lock
-    after each report; ``on_exit(board)`` in the worker's thread as it ends. ``stop`` set: workers finish their current task and end."""
+    after each report; ``on_exit(board)`` in the worker's thread as it ends. ``stop`` set: workers finish their current task and end.
+    Interrupted (Ctrl-C in the calling thread): ``on_stop()`` (which stops the running tasks, e.g. cancels the
+    transports), then up to ``stop_wait_s`` for the workers to end, then the interrupt goes on."""
     lock = threading.Condition()
     stop = stop or threading.Event()
     errors: list[BaseException] = []
@@ -283,6 +286,11 @@ def run_threaded(sched: Scheduler, execute: Callable[[str, Task], None], *,
         stop.set()
         with lock:
             lock.notify_all()
+        if on_stop is not None:
+            on_stop()
+        deadline = time.monotonic() + stop_wait_s
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
         raise
     if errors:
         raise errors[0]

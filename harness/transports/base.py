@@ -66,6 +66,11 @@ class Stalled(ConnectionLost):
         self.seconds = seconds
 
 
+class Cancelled(KeyboardInterrupt):
+    """:meth:`Transport.cancel` from another thread stopped the command this thread ran (its process group on the
+    device is stopped first, as for Ctrl-C): a farm run that is interrupted stops every board's runner."""
+
+
 class Transport(abc.ABC):
     """Reach a device: a private work directory there, uploads, commands, downloads, cleanup.
 
@@ -78,6 +83,13 @@ class Transport(abc.ABC):
     heartbeat: bool = False
     #: seconds spent opening connections so far (0 for transports that need none)
     connect_s: float = 0.0
+    #: set by :meth:`cancel`: a running command stops (its process group too) and :meth:`run` raises Cancelled
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """From another thread: stop the command :meth:`run` is running (or the next one), as Ctrl-C would
+        (checked every 0.2 s); the :class:`Cancelled` raised consumes it, so cleanup commands after it run."""
+        self.cancelled = True
 
     @property
     def device(self) -> str:

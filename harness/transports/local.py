@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .base import JOB_MARKER, JOB_PID, CommandResult, Transport, pid_alive
+from .base import JOB_MARKER, JOB_PID, Cancelled, CommandResult, Transport, pid_alive
 
 
 class LocalTransport(Transport):
@@ -94,8 +94,19 @@ class LocalTransport(Transport):
                 Path(cwd, JOB_PID).write_text(str(proc.pid))
             except OSError:
                 pass
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            out, err = proc.communicate(timeout=timeout_s)
+            while True:  # in steps, so that cancel() from another thread is seen (retrying loses no output)
+                step = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+                try:
+                    out, err = proc.communicate(timeout=step)
+                    break
+                except subprocess.TimeoutExpired:
+                    if self.cancelled:
+                        self.cancelled = False  # consumed: the caller's cleanup commands run again
+                        raise Cancelled(f"cancelled: {' '.join(map(str, command))[:80]}") from None
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
         except subprocess.TimeoutExpired:
             _stop(proc)
             out, err = proc.communicate()

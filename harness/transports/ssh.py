@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeviceLost, HarnessError
-from .base import (JOB_MARKER, JOB_PID, CommandResult, ConnectionLost, Stalled, Transport, TransportError,
+from .base import (JOB_MARKER, JOB_PID, Cancelled, CommandResult, ConnectionLost, Stalled, Transport, TransportError,
                    pid_alive as _pid_alive)
 
 DEFAULT_REMOTE_ROOT = "~/.cache/sparsebench"
@@ -664,6 +664,9 @@ class SSHTransport(Transport):
                             self.last_pid = pid = int(first) if first.isdigit() else None
                     if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                         break
+                    if self.cancelled:
+                        self.cancelled = False  # consumed: the caller's cleanup commands run again
+                        raise Cancelled(f"cancelled: {shlex.join(argv)[:80]}")  # the group is stopped below
                     if deadline is not None and now > deadline:
                         self.kill_group(pid)
                         chan.close()
