@@ -13,6 +13,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _serial_gate(request, tmp_path_factory):
+    """With pytest-xdist workers, a test marked ``serial`` (it measures timing against a load it makes itself) runs
+    alone: it takes an exclusive lock that every other test holds shared while it runs."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    path = tmp_path_factory.getbasetemp().parent / "sparsebench-serial.lock"  # the workers' common folder
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if request.node.get_closest_marker("serial") else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """One artifact/zoo cache for the whole session (compiles are shared between tests, never with the user's)."""

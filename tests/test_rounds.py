@@ -93,6 +93,7 @@ def test_unsettled_measurement_is_extended_up_to_max_rounds(tmp_path):
     assert len(model["rounds"]) == 5 and "ci" in [bound[0] for bound in model["unsettled"]]
 
 
+@pytest.mark.serial
 def test_competing_load_during_one_variants_round_is_not_silently_valid(tmp_path):
     """Two copies of one model; a CPU-bound load runs during copy 1's second round only. Copy 1's rounds then
     disagree: the runner extends it, and the row either stays INVALID or is VALID with the loaded round named as

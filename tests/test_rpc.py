@@ -103,7 +103,9 @@ def test_the_tracker_is_the_lease(farm):
         second.connect()
         assert farm.free("a") == 0  # two sessions, two servers: each is held by one client
         start = time.monotonic()
-        with pytest.raises(TransportError, match=r"no free board with key a on tracker .* within 1 s"):
+        # (on a loaded machine the tracker may also reset the 1-s request: "gave no working server with key a")
+        with pytest.raises(TransportError, match=r"no free board with key a on tracker .* within 1 s|gave no working "
+                                                 r"server with key a"):
             third.connect()
         assert time.monotonic() - start < 5
         probe = first.probe()
