@@ -328,7 +328,6 @@ def doctor(spec, *, target: str | None = None, as_json: bool = False) -> int:
     return 1 if any(f.status == "MISSING" for f in findings) else 0
 
 
-
 def _doctor_rpc(transport, profile, as_json: bool) -> int:
     """A board behind TVM's RPC tracker has no shell: report what the tracker and the server tell (servers for the
     key, the board's LLVM triple and runtime threads when its server says them) and check the triple against the
@@ -348,9 +347,10 @@ def _doctor_rpc(transport, profile, as_json: bool) -> int:
             ("threads", str(probe.get("threads")) if probe.get("threads") is not None else "not reported"),
             ("tvm", probe.get("tvm_note") or "unknown"),
             ("energy", "unavailable: rpc transport (no shell on the board to read its sensors)")]
-    if profile:
-        rows.append(("profile", mismatch or f"{profile.name}: the board's triple fits" if probe.get("machine")
-                     else f"{profile.name}: not checked (no triple reported)"))
+    if profile and not probe.get("machine"):
+        rows.append(("profile", f"{profile.name}: not checked (no triple reported)"))
+    elif profile:
+        rows.append(("profile", mismatch or f"{profile.name}: the board's triple fits"))
     print(f"doctor: {transport.device} (rpc)")
     for item, detail in rows:
         print(f"  {item:<9} {detail}")
