@@ -20,7 +20,7 @@ from .config import RunConfig, TargetProfile, load_target
 from .errors import HarnessError
 from .models.onnx_io import LoadedModel, load_model, read_onnx
 from .paths import cache_dir
-from .peers import PEERS, Peer
+from .peers import PEERS, TVM_DEFAULT, Peer
 from .records import BuildRecord, DeviceMeta, EnergyRecord, ResultRow, join_layers
 from .sparsify import Variant, make_variant
 
@@ -30,21 +30,29 @@ ENERGY_NOT_MEASURED = "unavailable: not measured (the variant did not run)"
 @dataclass(frozen=True)
 class Job:
     """One row to produce: a variant of a loaded model at one batch size, compiled by us -- or, with a ``peer``,
-    the dense variant run as it is in that peer runtime (nothing compiled; the row's method is the peer's name)."""
+    the dense variant run as it is in that peer runtime (nothing compiled; the row's method is the peer's name) --
+    or, with ``kernels = "tvm-default"``, the dense variant compiled by TVM's own default pipeline (the baseline
+    row named ``tvm-default``)."""
 
     model: LoadedModel
     variant: Variant
     batch: int
     peer: Peer | None = None
+    kernels: str | None = None  # None: the run's kernels (``--kernels``); TVM_DEFAULT for the baseline row
+
+    @property
+    def baseline(self) -> str | None:
+        """The other dense runtime this row measures (a peer's name, or ``tvm-default``), else None."""
+        return self.peer.name if self.peer else TVM_DEFAULT if self.kernels == TVM_DEFAULT else None
 
     @property
     def method(self) -> str:
-        return self.peer.name if self.peer else self.variant.method
+        return self.baseline or self.variant.method
 
     @property
     def key(self) -> str:
-        if self.peer:
-            return f"{self.variant.model}/{self.peer.name}/0@b{self.batch}"
+        if self.baseline:
+            return f"{self.variant.model}/{self.baseline}/0@b{self.batch}"
         return f"{self.variant.key}@b{self.batch}"
 
     @property
@@ -53,7 +61,22 @@ class Job:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    return hashlib.sha256(cfg.source.encode()).hexdigest()
+    """The config's identity: its text, plus the accelerator when ``--accelerator`` chose one the text does not
+    name (a CPU run and a CUDA run of one config are two runs; CPU runs keep the hash of the text alone)."""
+    text = cfg.source if cfg.accelerator == "cpu" else f"{cfg.source}\n# accelerator = {cfg.accelerator}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def baselines(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """(the other dense runtimes each group measures: peer names and ``tvm-default``; the configured peers this run
+    leaves out, because they run on the CPU and it measures a GPU). A CUDA run always has ``tvm-default``: TVM's
+    dlight GPU schedules are the dense build a sparse one must beat there."""
+    names = list(cfg.compare.peers)
+    if cfg.accelerator == "cpu":
+        return names, []
+    left_out = [n for n in names if n in PEERS]
+    names = [n for n in names if n not in PEERS]
+    return ([TVM_DEFAULT] if TVM_DEFAULT not in names else []) + names, left_out
 
 
 def load_models(cfg: RunConfig) -> list[LoadedModel]:
@@ -78,7 +101,8 @@ def load_models(cfg: RunConfig) -> list[LoadedModel]:
 
 def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
     """Dense first in each (model, batch) group, so sparse variants and peers can be compared with it; then the
-    peers of ``[compare]`` (each runs the dense variant), then the sparse variants."""
+    other dense runtimes of ``[compare]`` (:func:`baselines`: each runs the dense variant), then the sparse
+    variants."""
     variant_dir = cache_dir() / "variants"
     sp = cfg.sparsify
     jobs = []
@@ -92,10 +116,11 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
                                                  prune_first=_pick(spec.prune_first, sp.prune_first),
                                                  prune_last=_pick(spec.prune_last, sp.prune_last)))
-        peers = [PEERS[name] for name in cfg.compare.peers]
+        names, _ = baselines(cfg)
         for batch in spec.batches:
             jobs.append(Job(model, variants[0], batch))
-            jobs.extend(Job(model, variants[0], batch, peer) for peer in peers)
+            jobs.extend(Job(model, variants[0], batch, PEERS.get(name), None if name in PEERS else name)
+                        for name in names)
             jobs.extend(Job(model, v, batch) for v in variants[1:])
     return jobs
 
@@ -110,6 +135,22 @@ def _groups(jobs: list[Job]) -> list[list[Job]]:
         else:
             groups.append([job])
     return groups
+
+
+def accelerator_target(profile: TargetProfile, accelerator: str) -> dict:
+    """The TVM target of ``profile`` that ``accelerator`` runs on (its ``[tvm]`` role); one line with the fix when the
+    profile has none."""
+    target = profile.tvm_targets.get(accelerator) or (profile.tvm_target if accelerator == "cpu" else None)
+    if accelerator in profile.unresolved:
+        raise HarnessError(f"target {profile.name!r}: {profile.unresolved[accelerator]}; or run with --accelerator cpu")
+    if target is None:
+        from .config import known_targets, load_target
+
+        with_it = [name for name in known_targets()
+                   if accelerator in {**load_target(name).tvm_targets, **load_target(name).unresolved}]
+        raise HarnessError(f"target {profile.name!r} has no {accelerator} target ([tvm].{accelerator} in its profile); "
+                           f"profiles with one: {', '.join(with_it) or 'none'}; or run with --accelerator cpu")
+    return target
 
 
 def _pick(override: bool | None, default: bool) -> bool:
@@ -129,7 +170,7 @@ class Benchmark:
     compile_lock = threading.Lock()
 
     def __init__(self, cfg: RunConfig, store, *, progress=None, kernels: str = "ours", device=None,
-                 profile: TargetProfile | None = None):
+                 profile: TargetProfile | None = None, artifacts: Path | None = None):
         from .transports.spec import DeviceSpec
 
         self.cfg = cfg
@@ -143,6 +184,16 @@ class Benchmark:
         self.device_spec: DeviceSpec = device or DeviceSpec()
         self.device = self.device_spec.transport(self.profile).device
         self.python = self.device_spec.python_for(self.profile)
+        # what runs the models ("cpu" / "cuda") and the TVM target they are compiled for
+        self.accelerator = cfg.accelerator
+        self.target = accelerator_target(self.profile, self.accelerator)
+        # ``--artifacts DIR``: what ``sparsebench compile`` built; nothing is compiled (or kernel-selected) here
+        self.prebuilt = None
+        if artifacts is not None:
+            from .compile.offline import Prebuilt
+
+            self.prebuilt = Prebuilt.open(artifacts, profile=self.profile.name, accelerator=self.accelerator,
+                                          target=self.target, kernels=kernels)
         # The profile's linker must exist (and a local run must be able to load its artifacts): one clear error
         # here, before anything is stored or measured, rather than one ERROR row per variant.
         from .compile.toolchains import check_run_toolchain
@@ -170,7 +221,7 @@ class Benchmark:
         run_id = new_run_id()
         self.store.create_run(run_id, name=self.cfg.name, config_toml=self.cfg.source, config_hash=config_hash(self.cfg),
                               target=target or self.profile.name,
-                              target_json=self.profile.tvm_target if target_json is None else target_json,
+                              target_json=self.target if target_json is None else target_json,
                               host=host_metadata(),
                               harness_version=__version__)
         self.store.acquire_lease(run_id)  # released when the store closes or the process exits
@@ -190,10 +241,18 @@ class Benchmark:
         with self.device_spec.transport(self.profile, run_name=run_id) as transport:
             probe = check_runtime(transport, self.python, host_tvm=host_tvm_version(),
                                   optional=tuple(p.module for p in peers))
+            if self.accelerator == "cuda":
+                from .device.preflight import check_cuda
+
+                check_cuda(transport, self.python)
             sizes = {(j.variant.model, j.batch): j for j in todo}
             check_batch_memory(transport.device, probe, [(model, batch, input_bytes(j.model.shapes_for_batch(batch)))
                                                          for (model, batch), j in sizes.items()])
             self.preflight_done = True
+            for name in baselines(self.cfg)[1]:
+                self.note(run_id, f"peer {name}: not run: it runs on the CPU and this run measures the "
+                                  f"{self.accelerator} accelerator (its dense baseline is {TVM_DEFAULT}, TVM's default "
+                                  f"{self.accelerator} build)")
             todo = self.drop_unavailable_peers(run_id, todo, peers, probe)
             selection = self.select([j for j in todo if not j.peer], transport)
             if self.progress:
@@ -215,23 +274,28 @@ class Benchmark:
             why = peer.unavailable(probe)
             if why:
                 missing[peer] = why
-                note = f"peer {peer.name}: unavailable on {self.device} ({why})"
-                print(note, file=sys.stderr)
-                self.store.add_note(run_id, note)
+                self.note(run_id, f"peer {peer.name}: unavailable on {self.device} ({why})")
         return [j for j in jobs if j.peer not in missing]
+
+    def note(self, run_id: str, note: str) -> None:
+        """One line on stderr and in the run's notes (the report shows them; kept once however often said)."""
+        print(note, file=sys.stderr)
+        self.store.add_note(run_id, note)
 
     def request(self, job: Job):
         """What to compile for ``job`` (without its kernel plan)."""
         from .compile.cache import BuildRequest
 
         return BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.shapes_for_batch(job.batch),
-                            self.profile.tvm_target, self.kernels, self.profile.toolchain)
+                            self.target, job.kernels or self.kernels, self.profile.toolchain)
 
     def select(self, jobs: list[Job], transport):
         """The kernel-selection step: every candidate kernel of the jobs' layers timed on the device (or taken
         from its timing cache); returns the :class:`~harness.compile.select.Selection` the builds follow."""
         from .compile.select import select_kernels
 
+        if self.prebuilt is not None:  # chosen when the artifacts were compiled (their layer records say how)
+            return None
         log = (lambda msg: print(msg, file=sys.stderr)) if self.progress else None
         selection = select_kernels([self.request(j) for j in jobs], transport=transport, python=self.python,
                                    toolchain=self.profile.toolchain, timeout_s=self.cfg.measure.timeout_s, log=log)
@@ -268,7 +332,8 @@ class Benchmark:
                                    f"{self.cfg.measure.rounds} interleaved rounds")
             devs = run_group_on_device(transport, models=[(artifact, job.peer) for job, _, artifact in ready],
                                        inputs=first.model.eval_inputs, batch=first.batch, measure=self.cfg.measure,
-                                       python=self.python, label=f"{first.variant.model}@b{first.batch}")
+                                       python=self.python, label=f"{first.variant.model}@b{first.batch}",
+                                       device=self.accelerator)
             outputs = {job.key: dev.outputs for (job, _, _), dev in zip(ready, devs)}
             for (job, row, _), dev in zip(ready, devs):
                 rows[job.key] = self._finish(run_id, job, row, dev, outputs)
@@ -282,7 +347,8 @@ class Benchmark:
             model_sha256=job.model.sha256, variant_sha256=job.variant.sha256, method=job.method,
             sparsity_target=job.variant.sparsity_target, sparsity_actual=job.variant.sparsity_actual,
             block=job.variant.block_str, batch=job.batch, target=self.profile.name,
-            target_json=self.profile.tvm_target, transport=transport.name, energy_status=ENERGY_NOT_MEASURED,
+            target_json=self.target, transport=transport.name, accelerator=self.accelerator,
+            energy_status=ENERGY_NOT_MEASURED,
             verdict="ERROR",
         )
 
@@ -338,6 +404,11 @@ class Benchmark:
         any; the artifact)."""
         from .compile.tvm_adapter import build
 
+        if self.prebuilt is not None:
+            artifact, entry, error = self.prebuilt.lookup(job.key, job.variant.sha256)
+            row = replace(row, layers=join_layers(job.variant.layers, entry.get("layers") or ()),
+                          overhead={"compile_cached": True}, error=error)
+            return row.with_build(self.prebuilt.build_record(entry)), artifact
         if self.progress:
             self.progress.step(f"compile {job.key}")
         req = self.request(job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -97,7 +98,7 @@ class Progress:
 
 
 def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: str, progress: bool,
-                device=None) -> int:
+                device=None, artifacts: Path | None = None) -> int:
     """Run (or resume) one config; returns the exit code (see :data:`EXIT_CODES_HELP`). A HarnessError before the
     device passed its checks propagates (nothing was measured: a usage error); one after it, a lost device or an
     interruption stops the run with one line saying how to resume it."""
@@ -110,7 +111,7 @@ def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: st
         if out is not None:
             ensure_writable_dir(out, "report directory")
         store = ResultStore(db)
-        bench = Benchmark(cfg, store, kernels=kernels, device=device)
+        bench = Benchmark(cfg, store, kernels=kernels, device=device, artifacts=artifacts)
         models = load_models(cfg)
         jobs = plan_jobs(cfg, models)
         run_id = bench.start(resume)
@@ -153,6 +154,7 @@ def _write_report(store, run_id: str, out: Path) -> None:
     samples = {r.variant_key: [v / 1e6 for v in store.samples(r.id)] for r in rows if r.verdict != "ERROR"}
     run = store.get_run(run_id)
     run_info = {"run_id": run_id, "name": run["name"], "created_at": run["created_at"], "target": run["target"],
+                "accelerator": next((r.accelerator for r in rows if r.accelerator), "cpu"),
                 "tvm_target": run["target_json"]}
     device_meta = next((r.device_meta for r in rows if r.device_meta), None)
     if device_meta:
@@ -160,6 +162,14 @@ def _write_report(store, run_id: str, out: Path) -> None:
     paths = write_report(rows, out, title=f"sparsebench report — run {run_id}", samples=samples, run_info=run_info,
                          notes=store.notes(run_id))
     print(f"report: {paths['html']}", file=sys.stderr)
+
+
+def add_accelerator_argument(p) -> None:
+    from .config import ACCELERATORS
+
+    p.add_argument("--accelerator", choices=ACCELERATORS, default=None,
+                   help="what runs the models: the profile's CPU target or its [tvm].cuda GPU (default: the "
+                        "config's [run].accelerator, else cpu)")
 
 
 def _overrides(cfg, args):
@@ -170,6 +180,8 @@ def _overrides(cfg, args):
         if not args.sensor_root.startswith("/"):
             raise HarnessError(f"--sensor-root {args.sensor_root!r} must be an absolute path on the device")
         cfg = dataclasses.replace(cfg, measure=dataclasses.replace(cfg.measure, sensor_root=args.sensor_root))
+    if getattr(args, "accelerator", None):
+        cfg = dataclasses.replace(cfg, accelerator=args.accelerator)
     return cfg
 
 
@@ -189,7 +201,31 @@ def cmd_run(args) -> int:
         from .farm.run import cmd_run_farm
         return cmd_run_farm(args, cfg)
     return _run_config(cfg, args.db or cfg.db, args.resume, args.out, args.kernels, not args.no_progress,
-                       device_spec_from_args(args))
+                       device_spec_from_args(args), artifacts=args.artifacts)
+
+
+def cmd_compile(args) -> int:
+    """``sparsebench compile CONFIG --out DIR``: every variant compiled for the profile, nothing run."""
+    from .compile.offline import OFFLINE, compile_config
+    from .config import ACCELERATORS, load_config, load_target
+
+    cfg = _overrides(load_config(args.config), args)
+    if args.target:
+        load_target(args.target)  # an unknown name: one line with the known ones
+        cfg = dataclasses.replace(cfg, target=args.target)
+    if args.accelerator == "all":
+        profile = load_target(cfg.target)
+        accelerators = tuple(a for a in ACCELERATORS if a in profile.tvm_targets)
+    else:
+        accelerators = (args.accelerator or cfg.accelerator,)
+    ensure_writable_dir(args.out, "artifacts directory")
+    print(f"compile {cfg.name}: target {cfg.target}, {' and '.join(accelerators)} -> {args.out} ({OFFLINE}: the "
+          "rule chooses each layer's kernel)", file=sys.stderr)
+    failed = compile_config(cfg, args.out, accelerators=accelerators, kernels=args.kernels)
+    print(f"{args.out / 'manifest.json'}: " + ("every variant compiled" if not failed else
+                                                f"{failed} variant(s) did not compile (named above)"),
+          file=sys.stderr)
+    return EXIT_ROWS_ERROR if failed else EXIT_OK
 
 
 def _existing_store(db: Path):
@@ -248,6 +284,8 @@ def cmd_targets(args) -> int:
         if extra:
             print(f"{'':12s} " + " ".join(f"{role}={json.dumps({k: v for k, v in t.items() if k != 'host'})}"
                                            for role, t in extra.items()))
+        for role, why in profile.unresolved.items():
+            print(f"{'':12s} {role}: not here ({why.split(';')[0]})")
         if profile.transport != "local":
             print(f"{'':12s} toolchain={profile.toolchain} energy={','.join(profile.energy) or 'none'} "
                   f"port={profile.port} python={profile.python or 'python3'}")
@@ -337,11 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=("ours", "tvm-default"), default="ours",
                    help="ours: schedules/ kernels (default); tvm-default: TVM's default pipeline only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_accelerator_argument(p)
+    p.add_argument("--artifacts", type=Path, metavar="DIR",
+                   help="use the artifacts `sparsebench compile` wrote into DIR (nothing is compiled here)")
     add_device_arguments(p)
     p.add_argument("--sensor-root", metavar="DIR", help="where the device's /sys is (default: the config's, /)")
     from .farm.run import add_farm_run_arguments
     add_farm_run_arguments(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile every variant of a config for its profile without running them",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="artifacts directory (then: run CONFIG --artifacts DIR)")
+    p.add_argument("--target", metavar="PROFILE", help="profile to compile for (default: the config's [run] target)")
+    from .config import ACCELERATORS
+    p.add_argument("--accelerator", choices=(*ACCELERATORS, "all"), default=None,
+                   help="the profile's CPU target, its CUDA target, or every one it has (default: the config's)")
+    p.add_argument("--kernels", choices=("ours", "tvm-default"), default="ours",
+                   help="ours: schedules/ kernels (default); tvm-default: TVM's default pipeline only")
+    p.set_defaults(func=cmd_compile, sensor_root=None)
 
     p = sub.add_parser("report", help="write the HTML/Markdown/CSV report of a run")
     p.add_argument("run_id", nargs="?", help="run to report (default: the latest)")

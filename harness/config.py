@@ -123,10 +123,16 @@ class SparsifyConfig:
     prune_last: bool = False
 
 
+#: ``[run] accelerator`` / ``--accelerator``: the role of the profile's target that compiles and runs the models
+ACCELERATORS = ("cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class CompareConfig:
-    """Dense runtimes measured next to our builds (``[compare]``): names from :data:`harness.peers.PEERS`. A peer
-    the device cannot import is skipped with a note, never an error; ``peers = []`` turns the comparison off."""
+    """Dense runtimes measured next to our builds (``[compare]``): names from :data:`harness.peers.BASELINES` (the
+    peer runtimes, and ``tvm-default``: the dense model through TVM's own default pipeline). A peer the device cannot
+    import is skipped with a note, never an error; ``peers = []`` turns the comparison off. A CUDA run always adds
+    ``tvm-default`` (TVM's dlight GPU schedules: the dense build to beat on a GPU)."""
 
     peers: tuple[str, ...] = ("onnxruntime",)
 
@@ -143,6 +149,7 @@ class RunConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     db: Path = DEFAULT_DB
     source: str = ""  # the TOML text (stored with the run)
+    accelerator: str = "cpu"  # which of the profile's targets runs the models: "cpu" or "cuda" (ACCELERATORS)
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,8 @@ class TargetProfile:
     path: Path | None = None
     # every target of the board by role: {"cpu": tvm_target} plus e.g. {"cuda": {... "host": tvm_target}}
     tvm_targets: dict = field(default_factory=dict)
+    # roles the profile names but this machine cannot resolve, and why (``arch = "from-nvidia-smi"`` without a GPU)
+    unresolved: dict = field(default_factory=dict)
     toolchain: str = "native"  # how artifacts are linked: one of TOOLCHAINS
     port: int = 22  # default ssh port (Termux's sshd: 8022); the device URL and ~/.ssh/config win
     remote_root: str = "~/.cache/sparsebench"  # per-run work directories go below this on the device
@@ -407,7 +416,7 @@ def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
 
 def _parse_compare(table: Any) -> CompareConfig:
     """``[compare] peers = ["onnxruntime"]``: every name a known peer, each once."""
-    from .peers import PEERS
+    from .peers import BASELINES
 
     if not isinstance(table, dict):
         raise HarnessError(f"[compare] must be a table, e.g. [compare] peers = [\"onnxruntime\"], got {table!r}")
@@ -418,9 +427,9 @@ def _parse_compare(table: Any) -> CompareConfig:
     if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
         raise HarnessError(f"[compare].peers must be a list of runtime names, e.g. [\"onnxruntime\"] (or [] for "
                            f"none), got {peers!r}")
-    unknown = [p for p in peers if p not in PEERS]
+    unknown = [p for p in peers if p not in BASELINES]
     if unknown:
-        raise HarnessError(f"[compare].peers: unknown peer {unknown[0]!r}; known: {', '.join(PEERS)}")
+        raise HarnessError(f"[compare].peers: unknown peer {unknown[0]!r}; known: {', '.join(BASELINES)}")
     return CompareConfig(peers=tuple(dict.fromkeys(peers)))
 
 
@@ -428,8 +437,11 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     """Validate a config dict (the parsed TOML) into a :class:`RunConfig`."""
     _check_keys(data, {"run", "measure", "sparsify", "models", "compare"}, "config")
     run = _table(data, "run", "[run]", '[run] name = "mine"')
-    _check_keys(run, {"name", "target", "db"}, "[run]")
+    _check_keys(run, {"name", "target", "db", "accelerator"}, "[run]")
     target = _string(run, "target", "[run]", "local")
+    accelerator = _string(run, "accelerator", "[run]", "cpu")
+    if accelerator not in ACCELERATORS:
+        raise HarnessError(f"[run].accelerator: unknown accelerator {accelerator!r}; known: {', '.join(ACCELERATORS)}")
     known_targets()  # fail early with the list when the targets folder is broken
     if target not in known_targets():
         raise HarnessError(f"unknown target {target!r}; known: {', '.join(known_targets())} (profiles in {TARGETS_DIR})")
@@ -485,6 +497,7 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
         compare=compare,
         db=Path(db),
         source=source,
+        accelerator=accelerator,
     )
 
 
@@ -627,9 +640,14 @@ def load_target(name: str) -> TargetProfile:
     _check_keys(tvm, {"target", "cuda"}, f"{where} [tvm]")
     cpu = _resolve_tvm_target(tvm.get("target"), where)
     _check_llvm_target(cpu, f"{where} [tvm].target")
-    targets = {"cpu": cpu}
+    targets, unresolved = {"cpu": cpu}, {}
     if "cuda" in tvm:
-        targets["cuda"] = _cuda_target(tvm["cuda"], cpu, f"{where} [tvm].cuda")
+        cuda = _cuda_target(tvm["cuda"], cpu, f"{where} [tvm].cuda")
+        if cuda["arch"] == FROM_NVIDIA_SMI:
+            unresolved["cuda"] = ("nvidia-smi reports no GPU on this machine, so the CUDA architecture is unknown; "
+                                  f"install the NVIDIA driver, or write arch = \"sm_XX\" in a copy of {path}")
+        else:
+            targets["cuda"] = cuda
     build = data.get("build", {})
     _check_keys(build, {"toolchain"}, f"{where} [build]")
     toolchain = build.get("toolchain", "native")
@@ -657,6 +675,7 @@ def load_target(name: str) -> TargetProfile:
         python=device.get("python", ""),
         path=path,
         tvm_targets=targets,
+        unresolved=unresolved,
         toolchain=toolchain,
         port=port,
         remote_root=device.get("remote_root") or "~/.cache/sparsebench",
@@ -701,7 +720,31 @@ def _cuda_target(raw: Any, host: dict, where: str) -> dict:
     _check_keys(raw, {"kind", "arch", "max_threads_per_block", "max_shared_memory_per_block"}, where)
     if raw.get("kind", "cuda") != "cuda":
         raise HarnessError(f"{where}: kind must be \"cuda\", got {raw.get('kind')!r}")
-    if not re.fullmatch(r"sm_\d{2,3}[a-z]?", str(raw.get("arch", ""))):
-        raise HarnessError(f"{where}: arch must name the GPU's compute capability, e.g. \"sm_87\" (Orin), "
-                           f"got {raw.get('arch')!r}")
-    return {**raw, "kind": "cuda", "host": dict(host)}
+    arch = raw.get("arch", "")
+    if arch == FROM_NVIDIA_SMI:
+        arch = nvidia_smi_arch() or arch  # no GPU here: left unresolved, and a CUDA run says so (bench.py)
+    elif not re.fullmatch(r"sm_\d{2,3}[a-z]?", str(arch)):
+        raise HarnessError(f"{where}: arch must name the GPU's compute capability, e.g. \"sm_87\" (Orin), or be "
+                           f"\"{FROM_NVIDIA_SMI}\" (this machine's GPU 0), got {raw.get('arch')!r}")
+    return {**raw, "kind": "cuda", "arch": arch, "host": dict(host)}
+
+
+#: ``[tvm].cuda.arch`` of a profile for this machine: the compute capability nvidia-smi reports for GPU 0
+FROM_NVIDIA_SMI = "from-nvidia-smi"
+
+
+def nvidia_smi_arch() -> str | None:
+    """``sm_XY`` of this machine's GPU 0 as ``nvidia-smi`` reports it, or None (no nvidia-smi, no GPU, no answer)."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.match(r"\s*(\d+)\.(\d+)", out)
+    return f"sm_{match.group(1)}{match.group(2)}" if match else None

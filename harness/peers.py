@@ -36,5 +36,13 @@ class Peer:
 PEERS: dict[str, Peer] = {"onnxruntime": Peer("onnxruntime", module="onnxruntime", engine="onnxruntime",
                                               suffix=".onnx")}
 
-#: the ``method`` of peer rows, for the report (which never needs more than the names)
-PEER_METHODS = frozenset(PEERS)
+#: the dense model compiled by TVM's own default pipeline (no kernels of ours; on CUDA, TVM's dlight GPU schedules):
+#: a baseline row next to our builds, the dense build a sparse one must beat on a GPU. Not a peer runtime -- the
+#: board's runner runs it as any TVM artifact -- but reported as one more dense runtime.
+TVM_DEFAULT = "tvm-default"
+
+#: what ``[compare].peers`` may name: the peer runtimes and TVM's default build
+BASELINES: tuple[str, ...] = (*PEERS, TVM_DEFAULT)
+
+#: the ``method`` of the other dense runtimes' rows, for the report (which never needs more than the names)
+PEER_METHODS = frozenset(BASELINES)

@@ -426,6 +426,9 @@ class ResultRow:
     """The TVM target it was compiled for."""
     transport: str
     """``local``, ``ssh``, ..."""
+    accelerator: str | None = None
+    """What ran the model on the device: ``cpu`` or ``cuda`` (schema 7; ``None`` in older rows, which ran on the
+    CPU)."""
     latency_p50_ms: float | None = None
     """Median latency, ms."""
     latency_p90_ms: float | None = None

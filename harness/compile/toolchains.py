@@ -221,13 +221,28 @@ BOARD_NEEDS_SOURCE = ("the board compiles the CUDA kernels when it loads the mod
                       "board's venv) or a CUDA toolkit with TVM_CUDA_COMPILE_MODE=nvcc")
 
 
+def _pip_nvcc() -> str | None:
+    """nvcc of the ``cuda`` extra (PyPI's nvidia-cuda-nvcc: ``site-packages/nvidia/cu13/bin/nvcc``), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "cu13", "bin", "nvcc")
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def _nvcc() -> tuple[str | None, str]:
+    """The nvcc to compile CUDA kernels ahead with: on PATH, under CUDA_HOME/CUDA_PATH//usr/local/cuda, or the one the
+    ``cuda`` extra installs into this Python's environment; and its release ("13.0")."""
     path = shutil.which("nvcc")
     if path is None:
         for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
             if root and os.access(os.path.join(root, "bin", "nvcc"), os.X_OK):
                 path = os.path.join(root, "bin", "nvcc")
                 break
+    path = path or _pip_nvcc()
     if path is None:
         return None, ""
     match = re.search(r"release (\d+\.\d+)", _version_text(path))

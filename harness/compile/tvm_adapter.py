@@ -6,6 +6,7 @@ support.cc): keeping every call here keeps the damage of the next move in one fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -165,6 +166,17 @@ def _export(ex, out_path, toolchain, cuda, target) -> None:
     ex.export_library(str(out_path), fcompile=fcompile, fpack_imports=fpack)
 
 
+@contextlib.contextmanager
+def _on_path(folder: str):
+    """``folder`` first on PATH while inside (the compile lock keeps concurrent builds out of each other's way)."""
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = folder + os.pathsep + before
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
+
+
 def _fatbin_packer(ex, cuda, target):
     """An ``fpack_imports`` for ``export_library``: TVM's packed imports with every CUDA module's source replaced by
     its nvcc fatbin (TVM 0.27 keeps device code as source when this host has no CUDA runtime)."""
@@ -182,7 +194,8 @@ def _fatbin_packer(ex, cuda, target):
 
     modules = walk(ex.mod, [])
     sources = {}
-    with target:  # nvcc.compile_cuda reads the arch of the current target
+    # TVM runs "nvcc" from PATH: the plan's (e.g. the cuda extra's, in this venv) must be the one found
+    with target, _on_path(os.path.dirname(cuda.nvcc)):  # nvcc.compile_cuda reads the arch of the current target
         for sub in modules:
             if sub.kind == "cuda":
                 src = sub.inspect_source("cuda").encode()

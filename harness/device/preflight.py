@@ -143,3 +143,55 @@ def check_batch_memory(device: str, probe: dict, batches: list[tuple[str, int, i
                 f"model {model} at batch {batch}: its inputs alone need {nbytes / 2**20:.0f} MiB, more than "
                 f"{MAX_INPUT_SHARE:.0%} of the {available_kb / 1024:.0f} MiB device {device} has available; "
                 f"use a batch of at most {fits} for it in the config")
+
+
+# Runs on the device with TVM_USE_RUNTIME_LIB=1, as the runner does for a CUDA job: load the runtime's CUDA library
+# (TVM does not load it in runtime-only mode), then ask for GPU 0.
+CUDA_PROBE = """
+import ctypes, json, pathlib
+r = {}
+try:
+    import tvm
+    lib = pathlib.Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent / "libtvm_runtime_cuda.so"
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_LOCAL)
+    dev = tvm.cuda(0)
+    r["exist"] = bool(dev.exist)
+    if dev.exist:
+        r["name"], r["compute_version"] = dev.device_name, dev.compute_version
+except Exception as err:
+    r["error"] = type(err).__name__ + ": " + str(err).strip().splitlines()[-1][:300]
+print(json.dumps(r))
+"""
+
+NO_GPU_FIX = ("check the board's NVIDIA driver (nvidia-smi; on a Jetson, JetPack 7 for the wheel's CUDA 13 runtime), "
+              "or measure its CPU with --accelerator cpu")
+
+
+def check_cuda(transport: Transport, python: str) -> dict:
+    """For a CUDA run: can the device's TVM runtime see a GPU? Raise TransportError("prepare", ...) with one line
+    naming the device and the fix when not; returns ``{"exist", "name", "compute_version"}``."""
+    where = f"device {transport.device}"
+    if hasattr(transport, "probe"):  # rpc: ask the server's runtime through the session
+        try:
+            dev = transport.session.cuda(0)
+            exist = bool(dev.exist)
+            found = {"exist": exist, **({"name": dev.device_name, "compute_version": dev.compute_version}
+                                        if exist else {})}
+        except Exception as err:  # noqa: BLE001 - its rpc_server's runtime has no CUDA support at all
+            found = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err) else ''}"}
+    else:
+        python = python or transport.default_python()
+        res = transport.run([python, "-c", CUDA_PROBE], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
+        found = None
+        for line in reversed(res.stdout.strip().splitlines()):
+            try:
+                found = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if found is None:
+            raise TransportError("prepare", f"{where}: the CUDA check did not run ({res.tail(2)})", res)
+    if found.get("exist"):
+        return found
+    why = found.get("error") or "TVM's runtime sees no CUDA GPU (tvm.cuda(0) does not exist)"
+    raise TransportError("prepare", f"{where}: cannot run on its GPU: {why}; {NO_GPU_FIX}")

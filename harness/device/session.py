@@ -53,7 +53,7 @@ def run_on_device(transport: Transport, *, artifact: Path, inputs: dict[str, np.
 
 def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer | None]],
                         inputs: dict[str, np.ndarray], batch: int, measure: MeasureConfig, python: str = "",
-                        label: str = "job", keep: bool = False) -> list[DeviceRun]:
+                        label: str = "job", keep: bool = False, device: str = "cpu") -> list[DeviceRun]:
     """Upload the ``models`` of one model and batch (each an artifact, or with a ``peer`` the dense ONNX model that
     runtime runs) + the board package + the evaluation ``inputs`` (one array per model input, in the model's input
     order, each of its input's dtype), run the board's runner once with the TVM runtime only -- it times the models
@@ -67,10 +67,13 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
     interrupts included -- the job's processes on the device are stopped and its directory removed.
 
     A transport that measures by itself (``run_group``: the rpc transport, no runner on the board) gets the group,
-    with the same reconnect-and-retry-once."""
+    with the same reconnect-and-retry-once.
+
+    ``device``: what runs the TVM artifacts there, ``"cpu"`` or ``"cuda"`` (the accelerator they were built for);
+    peer runtimes run on the CPU."""
     if hasattr(transport, "run_group"):
         return _run_group_by_transport(transport, models=models, inputs=inputs, batch=batch, measure=measure,
-                                       python=python, label=label, keep=keep)
+                                       python=python, label=label, keep=keep, device=device)
     runs = [DeviceRun() for _ in models]
     steps: dict[str, float] = {}
     error = None
@@ -88,7 +91,7 @@ def run_group_on_device(transport: Transport, *, models: list[tuple[Path, Peer |
                     with _timed(steps, "prepare"):
                         workdir = transport.make_workdir(label)
                     with _timed(steps, "upload"):
-                        remote_job = _upload(transport, workdir, tmp, models, inputs, batch, measure)
+                        remote_job = _upload(transport, workdir, tmp, models, inputs, batch, measure, device)
                     timeout_s = measure.timeout_s * len(models)  # timeout_s is one variant's share
                     with _timed(steps, "run"), _heartbeat(transport):
                         # TVM_USE_RUNTIME_LIB=1: the device has (and the runner may use) only the TVM runtime.
@@ -189,7 +192,8 @@ def _message(err: TransportError) -> str:
     return text[len(err.step) + 2:] if text.startswith(f"{err.step}: ") else text
 
 
-def _upload(transport: Transport, workdir: str, tmp: Path, models, inputs, batch: int, measure: MeasureConfig) -> str:
+def _upload(transport: Transport, workdir: str, tmp: Path, models, inputs, batch: int, measure: MeasureConfig,
+            device: str = "cpu") -> str:
     """The models, the board package, the inputs and the job file into ``workdir``; returns the job file's path."""
     # numbered arrays in input order (an input name need not be a valid file name inside the .npz)
     np.savez(tmp / "inputs.npz", *[np.ascontiguousarray(a) for a in inputs.values()])
@@ -204,7 +208,7 @@ def _upload(transport: Transport, workdir: str, tmp: Path, models, inputs, batch
     if measure.meter_command:
         energy["meter_command"] = list(measure.meter_command)
     job = {"models": specs, "eval_inputs": remote_inputs, "input_names": list(inputs),
-           "batch": batch, "device": "cpu", "warmup_runs": measure.warmup_runs,
+           "batch": batch, "device": device, "warmup_runs": measure.warmup_runs,
            "warmup_s": measure.warmup_s, "min_runs": measure.min_runs, "min_s": measure.min_s,
            "max_runs": measure.max_runs, "rounds": measure.rounds, "max_rounds": measure.max_rounds,
            "max_ci": measure.max_ci, "max_spread": measure.max_spread, "extend_s": measure.extend_s,

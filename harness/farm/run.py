@@ -118,7 +118,8 @@ def cmd_run_farm(args, cfg) -> int:
     farm = load_farm(args.farm)
     boards = farm.select(args.boards, args.tag)
     return run_farm(cfg, boards, db=args.db or cfg.db, resume=args.resume, replicas=args.replicas, out=args.out,
-                    kernels=args.kernels, progress=not args.no_progress, farm_name=farm.name)
+                    kernels=args.kernels, progress=not args.no_progress, farm_name=farm.name,
+                    artifacts=args.artifacts)
 
 
 def _label(group) -> str:
@@ -126,7 +127,7 @@ def _label(group) -> str:
 
 
 def run_farm(cfg, boards, *, db: Path, resume: str | None = None, replicas: int = 1, out: Path | None = None,
-             kernels: str = "ours", progress: bool = True, farm_name: str = "farm") -> int:
+             kernels: str = "ours", progress: bool = True, farm_name: str = "farm", artifacts: Path | None = None) -> int:
     """Run (or resume) ``cfg`` on ``boards``; returns the exit code (0 complete, 3 ERROR rows, 4 groups missing)."""
     from ..bench import Benchmark, _groups, load_models, plan_jobs
     from ..cli import _signame, _stopped, ensure_writable_dir
@@ -141,7 +142,7 @@ def run_farm(cfg, boards, *, db: Path, resume: str | None = None, replicas: int 
     workers: list[_Worker] = []
     for board in boards:
         profile = board.target()
-        bench = Benchmark(cfg, None, kernels=kernels, device=board.device_spec(), profile=profile)
+        bench = Benchmark(cfg, None, kernels=kernels, device=board.device_spec(), profile=profile, artifacts=artifacts)
         bench.board = board.name  # the rows name their board (compare shows it)
         workers.append(_Worker(board, bench, profile.name))
     pools: dict[str, list[_Worker]] = {}
@@ -158,7 +159,7 @@ def run_farm(cfg, boards, *, db: Path, resume: str | None = None, replicas: int 
     lead = workers[0].bench
     lead.store = store
     run_id = lead.start(resume, target=f"farm:{farm_name}",
-                        target_json={pool: ws[0].bench.profile.tvm_target for pool, ws in pools.items()})
+                        target_json={pool: ws[0].bench.target for pool, ws in pools.items()})
     print(f"run {run_id}: {len(groups)} group(s) x {len(pools)} profile(s) x {replicas} replica(s) on "
           f"{len(workers)} board(s) of farm {farm_name} -> {db}", file=sys.stderr)
     notes = [f"farm {farm_name}: {len(workers)} board(s): "
@@ -192,12 +193,14 @@ def _flush(store, run_id: str, notes: list[str]) -> None:
 
 def _preflight(w: _Worker, run_id: str, peers, sizes) -> None:
     """Connect, lease, runtime, memory and profile/machine checks; sets ``w.problem`` instead of raising."""
-    from ..device.preflight import check_batch_memory, check_runtime, host_tvm_version
+    from ..device.preflight import check_batch_memory, check_cuda, check_runtime, host_tvm_version
 
     try:
         w.connect(run_id)
         probe = check_runtime(w.transport, w.bench.python, host_tvm=host_tvm_version(),
                               optional=tuple(p.module for p in peers))
+        if w.bench.accelerator == "cuda":
+            check_cuda(w.transport, w.bench.python)
         check_batch_memory(w.transport.device, probe, sizes)
         machine = probe.get("machine") or _uname(w.transport)
         why = profile_mismatch(w.bench.profile, machine)

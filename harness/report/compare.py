@@ -45,6 +45,7 @@ class Board:
     device: str
     target: str
     name: str = field(default="", compare=False)  # the farm file's board name, for rows of a farm run
+    accelerator: str = "cpu"  # what ran the models: a board's CPU and GPU runs are two lines, side by side
 
     @property
     def label(self) -> str:
@@ -53,7 +54,8 @@ class Board:
     @property
     def short(self) -> str:
         """For plots, where the run id is in the title or the legend has little room."""
-        return f"{self.name} ({self.device}) [{self.target}]" if self.name else f"{self.device} [{self.target}]"
+        where = f"[{self.target}]" if self.accelerator == "cpu" else f"[{self.target}, {self.accelerator}]"
+        return f"{self.name} ({self.device}) {where}" if self.name else f"{self.device} {where}"
 
 
 def _sort_sparsity(value: object) -> tuple[bool, float]:
@@ -282,7 +284,8 @@ def _cells(rows: Sequence[ResultRow]) -> list[Cell]:
                     continue
                 seen.add(variant)
                 name = (row.device_meta.board if row.device_meta else None) or ""
-                cells.append(Cell(Board(run_id, row.device, row.target, name), row.model, variant, row, group))
+                board = Board(run_id, row.device, row.target, name, row.accelerator or "cpu")
+                cells.append(Cell(board, row.model, variant, row, group))
     return cells
 
 
@@ -364,9 +367,10 @@ def build_comparison(runs: Sequence[Mapping], rows: Iterable[ResultRow],
 # --- CSV -----------------------------------------------------------------------------------------------------------
 
 #: compare.csv: one line per (run, device, model, variant). Latencies ms, energy mJ, fractions in [0, 1].
-COMPARE_COLUMNS = ["run_id", "device", "board", "target", "model", "method", "sparsity_target", "sparsity_actual", "block",
-                   "batch", "verdict", "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "speedup",
-                   "speedup_ci_low", "speedup_ci_high", "accuracy", "top1_agreement", "energy_mj", "energy_status",
+COMPARE_COLUMNS = ["run_id", "device", "board", "target", "accelerator", "model", "method", "sparsity_target",
+                   "sparsity_actual", "block", "batch", "verdict", "latency_p50_ms", "latency_p50_ci_low_ms",
+                   "latency_p50_ci_high_ms", "speedup", "speedup_ci_low", "speedup_ci_high", "accuracy", "top1_agreement",
+                   "energy_mj", "energy_status",
                    "spread_boards", "spread_p50_min_ms", "spread_p50_max_ms", "spread_p50_rel", "spread_speedup_min",
                    "spread_speedup_max", "spread_speedup_rel", "spread_note", "regression_base_run",
                    "regression_ratio", "regression_verdict", "problems"]
@@ -391,7 +395,7 @@ def csv_records(comparison: Comparison) -> list[dict]:
                 s_span = spread.speedup if spread else None
                 out.append({
                     "run_id": board.run_id, "device": board.device, "board": board.name or None,
-                    "target": board.target, "model": model,
+                    "target": board.target, "accelerator": board.accelerator, "model": model,
                     "method": row.method, "sparsity_target": row.sparsity_target,
                     "sparsity_actual": row.sparsity_actual, "block": row.block, "batch": row.batch,
                     "verdict": row.verdict, "latency_p50_ms": row.latency_p50_ms,

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import HarnessError
 from ..records import ResultRow
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: seconds a connection waits for another process's write lock before giving up
 BUSY_TIMEOUT_S = 60.0
@@ -151,8 +151,13 @@ def _v5_to_v6(conn: sqlite3.Connection) -> None:
     conn.execute(_LEASES)
 
 
+def _v6_to_v7(conn: sqlite3.Connection) -> None:
+    """7: the accelerator that ran the model (``cpu``/``cuda``; older rows: NULL, they ran on the CPU)."""
+    conn.execute("ALTER TABLE results ADD COLUMN accelerator TEXT")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                               4: _v4_to_v5, 5: _v5_to_v6}
+                                                               4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
 
 
 def new_run_id() -> str:

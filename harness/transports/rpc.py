@@ -236,7 +236,7 @@ class RpcTransport(Transport):
     # -- a group of variants ---------------------------------------------------------------------------------
 
     def run_group(self, *, models, inputs, batch: int, measure, python: str = "", label: str = "job",
-                  keep: bool = False) -> list:
+                  keep: bool = False, device: str = "cpu") -> list:
         """The contract of :func:`harness.device.session.run_group_on_device`, through the session: one
         :class:`DeviceRun` per model. A session that breaks raises :class:`ConnectionLost`; a group that runs past
         ``measure.timeout_s`` per variant gives up the session (the next group requests a fresh one)."""
@@ -249,7 +249,7 @@ class RpcTransport(Transport):
 
         def work():
             try:
-                _measure_group(self, models, inputs, batch, measure, runs, steps, label)
+                _measure_group(self, models, inputs, batch, measure, runs, steps, label, device)
             except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
                 box["error"] = err
 
@@ -396,7 +396,7 @@ class _Variant:
 
 
 def _measure_group(transport: RpcTransport, models, inputs: dict, batch: int, measure, runs, steps,
-                   label: str) -> None:
+                   label: str, device: str = "cpu") -> None:
     """Upload, load, time in interleaved rounds, evaluate; fills ``runs`` and ``steps``. Per-model failures are
     that model's error; a broken session propagates (the caller turns it into ConnectionLost)."""
     import numpy as np
@@ -407,7 +407,7 @@ def _measure_group(transport: RpcTransport, models, inputs: dict, batch: int, me
     from ..board.runner import as_batches
 
     remote = transport.session
-    dev = remote.cpu(0)
+    dev = remote.device(device, 0)  # "cpu" or "cuda": the accelerator the artifacts were built for
     arrays = [np.ascontiguousarray(a) for a in inputs.values()]
     first_chunk = next(as_batches(arrays, batch))[0]
     variants = [_Variant(i) for i in range(len(models))]
