@@ -306,6 +306,25 @@ def run_probe(transport, pythons: list[str], *, probe_pythons: list[str]) -> tup
         transport.remove(workdir)
 
 
+def _gpu_finding(transport, python: str, profile) -> Finding | None:
+    """For a profile with a GPU: whether the device's TVM runtime sees it (what a ``--accelerator cuda`` run checks
+    first). A WARN when not: its CPU can still be measured."""
+    from .device.preflight import check_cuda
+    from .transports import TransportError
+
+    if profile is None or not ({"cuda"} & {*profile.tvm_targets, *profile.unresolved}):
+        return None
+    try:
+        found = check_cuda(transport, python)
+    except TransportError as err:
+        why = str(err).split("cannot run on its GPU: ", 1)[-1]
+        return Finding("WARN", "gpu", f"--accelerator cuda cannot run here: {why.split('; ')[0]}",
+                       "check the NVIDIA driver (nvidia-smi; JetPack 7 on a Jetson for the wheel's CUDA 13 runtime)")
+    arch = profile.tvm_targets.get("cuda", {}).get("arch", "")
+    return Finding("OK", "gpu", f"{found.get('name')} (compute {found.get('compute_version')}) for TVM's runtime"
+                                + (f"; the profile compiles for {arch}" if arch else ""))
+
+
 def doctor(spec, *, target: str | None = None, as_json: bool = False) -> int:
     """Probe the device ``spec`` names, print the report; 0 when ready, 1 when something required is missing."""
     from .config import load_target
@@ -319,10 +338,11 @@ def doctor(spec, *, target: str | None = None, as_json: bool = False) -> int:
     with transport:
         checks = [python] + ([f"{VENV}/bin/python"] if python != f"{VENV}/bin/python" else [])
         probe, used = run_probe(transport, checks, probe_pythons=[transport.default_python(), "python3", python])
+        gpu = _gpu_finding(transport, python, profile)
     if as_json:
         print(json.dumps({**probe, "profile": profile_steps(profile)} if profile else probe, indent=2))
         return 0
-    findings = diagnose(probe, python=python, profile=profile, host_tvm=host_tvm_version())
+    findings = diagnose(probe, python=python, profile=profile, host_tvm=host_tvm_version()) + ([gpu] if gpu else [])
     print(format_report(transport.device, transport.name, used, probe, findings, profile))
     sys.stdout.flush()
     return 1 if any(f.status == "MISSING" for f in findings) else 0

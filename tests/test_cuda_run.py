@@ -196,3 +196,13 @@ def test_a_cuda_run_end_to_end_on_this_machines_gpu(tmp_path):
     store.close()
     assert {r.method for r in rows} == {"dense", "tvm-default", "block"}
     assert all(r.accelerator == "cuda" and r.verdict == "VALID" for r in rows), [(r.variant_key, r.reasons) for r in rows]
+
+
+def test_doctor_says_whether_the_gpu_is_usable():
+    proc = sparsebench("doctor", "--target", "local-cuda")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a GPU missing is a warning: the CPU can be measured
+    line = next(line for line in proc.stdout.splitlines() if line.split()[1:2] == ["gpu"])
+    if _gpu_here():
+        assert line.split()[0] == "OK" and "compute" in line
+    else:
+        assert line.split()[0] == "WARN" and "--accelerator cuda cannot run here" in line
