@@ -246,3 +246,32 @@ def test_a_farm_board_is_shown_by_its_name():
     named = Board(RUN_A, "pi@10.0.0.21:22", "rpi5", "pi5-a")
     assert named.short == "pi5-a (pi@10.0.0.21:22) [rpi5]" and named.label == f"{RUN_A} · {named.short}"
     assert named == Board(RUN_A, "pi@10.0.0.21:22", "rpi5")  # the device identifies it; the name is for people
+
+
+def test_a_boards_cpu_and_gpu_runs_side_by_side(tmp_path):
+    """A Jetson measured twice, on its CPU and on its GPU: one model table with a line each, the GPU line labelled
+    and holding TVM's default CUDA build as its other dense runtime; compare.csv says which accelerator ran it."""
+    from dataclasses import replace
+
+    store = ResultStore(tmp_path / "r.db")
+    for run_id, acc in (("20261203-100000-c0c0", "cpu"), ("20261203-110000-9a9a", "cuda")):
+        store.create_run(run_id, name="jet", config_toml="", config_hash=f"hash-{acc}", target="jetson-orin-nano",
+                         target_json={}, host={}, harness_version="test")
+        rows = [make_row(run_id, "nv@orin:22", "jetson-orin-nano", "dense", 0.0, "", 4.0 if acc == "cpu" else 0.5),
+                make_row(run_id, "nv@orin:22", "jetson-orin-nano", "block", 0.9, "16x1", 1.0 if acc == "cpu" else 0.4)]
+        if acc == "cuda":
+            rows.append(replace(make_row(run_id, "nv@orin:22", "jetson-orin-nano", "dense", 0.0, "", 0.3),
+                                method="tvm-default", variant_key="mlp/tvm-default/0@b1"))
+        for row in rows:
+            add(store, replace(row, accelerator=acc))
+    comparison = load_comparison(store, ["20261203-100000-c0c0", "20261203-110000-9a9a"])
+    store.close()
+    boards = comparison.boards("mlp")
+    assert [b.short for b in boards] == ["nv@orin:22 [jetson-orin-nano]", "nv@orin:22 [jetson-orin-nano, cuda]"]
+    out = write_compare_report(comparison, tmp_path / "out")
+    html = Path(out["html"]).read_text()
+    assert "nv@orin:22 [jetson-orin-nano, cuda]" in html and "tvm-default" in html
+    with open(out["csv"], newline="") as fh:
+        lines = list(csv.DictReader(fh))
+    assert {(r["accelerator"], r["method"]) for r in lines} == {
+        ("cpu", "dense"), ("cpu", "block"), ("cuda", "dense"), ("cuda", "block"), ("cuda", "tvm-default")}
