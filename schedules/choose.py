@@ -25,6 +25,11 @@ from .kernels import Candidate, candidates, label, nm_pattern
 
 #: The rule takes an N:M kernel only if the weight fills at least this fraction of its n slots per group.
 NM_MIN_FILL = 0.75
+#: Where the CUDA timings that justify `CUDA_RULE` are recorded (device, driver, date, how, numbers).
+CUDA_MEASUREMENTS = "schedules/cuda_measurements.json"
+#: The rule on a CUDA target, where nothing was measured: TVM's default schedule, which beat every CUDA kernel of
+#: ours in each workload where both were timed (tests/test_choose.py checks this against `CUDA_MEASUREMENTS`).
+CUDA_RULE: Candidate = ("tvm", None)
 
 #: (weight [N, K], batch M, cpu) -> (candidate, info for the layer record)
 Chooser = Callable[[np.ndarray, int, "CpuInfo | GpuInfo | None"], "tuple[Candidate, dict]"]
@@ -57,7 +62,7 @@ def kernel_key(candidate: Candidate, weight: np.ndarray, m: int, *, pattern: str
     """What identifies one candidate kernel's timing: the kernel, the shape and batch (and an NCHW conv's
     (images, pixels)), and -- for sparse kernels -- the nonzero pattern (a dense kernel's time depends on the
     shape alone)."""
-    what = f"{weight.shape}" if candidate[0] == "dense" else (pattern or pattern_digest(weight))
+    what = f"{weight.shape}" if candidate[0] in ("dense", "tvm") else (pattern or pattern_digest(weight))
     where = "" if conv is None else f":conv{conv[0]}x{conv[1]}"
     return hashlib.sha256(f"kernel:{label(candidate)}:{m}{where}:{what}".encode()).hexdigest()[:32]
 
@@ -65,6 +70,8 @@ def kernel_key(candidate: Candidate, weight: np.ndarray, m: int, *, pattern: str
 def rule_chooser(sparse_min: float = 0.5) -> Chooser:
     """Sparse when at least ``sparse_min`` of the weight is zero, else dense; N:M weights get the N:M kernel.
 
+    On a CUDA target every layer gets `CUDA_RULE`, TVM's default schedule: it was measured faster
+    than our CUDA kernels, dense and sparse, in each workload where both were timed (`CUDA_MEASUREMENTS`).
     Sparse means BSR with the best-fitting block (`bsr.choose_block`). A weight with no block
     structure (1x1) that satisfies an N:M pattern, with most of its n slots per group filled, gets
     the N:M kernel whatever ``sparse_min`` says: the pattern is what it was pruned for, and the
@@ -72,10 +79,12 @@ def rule_chooser(sparse_min: float = 0.5) -> Chooser:
     """
 
     def choose(weight: np.ndarray, m: int, cpu: CpuInfo | GpuInfo | None, conv=None) -> tuple[Candidate, dict]:
+        if isinstance(cpu, GpuInfo):
+            return CUDA_RULE, {"choice": "rule", "rule": "TVM's default schedule (faster than every CUDA kernel of "
+                                                         f"ours in each workload measured: {CUDA_MEASUREMENTS})"}
         density = bsr.density(weight)
         block = bsr.choose_block(weight) if density < 1.0 else None
-        # (no N:M kernel on CUDA: such a weight takes the BSR/dense rule there)
-        pattern = nm_pattern(weight) if block == (1, 1) and not isinstance(cpu, GpuInfo) else None
+        pattern = nm_pattern(weight) if block == (1, 1) else None
         if pattern is not None and density >= NM_MIN_FILL * pattern[0] / pattern[1]:
             return ("nm", pattern), {"choice": "rule", "rule": f"{pattern[0]}:{pattern[1]} structured"}
         if 1.0 - density >= sparse_min:
@@ -120,5 +129,5 @@ class SurveyChooser:
         return self.fallback(weight, m, cpu)
 
 
-__all__ = ["Chooser", "PlanChooser", "SurveyChooser", "candidates", "kernel_key", "layer_key", "pattern_digest",
-           "rule_chooser", "weight_digest"]
+__all__ = ["CUDA_MEASUREMENTS", "CUDA_RULE", "Chooser", "PlanChooser", "SurveyChooser", "candidates", "kernel_key",
+           "layer_key", "pattern_digest", "rule_chooser", "weight_digest"]

@@ -14,10 +14,16 @@ address for all of them (a broadcast).
 
 These are simple, correct schedules that compile for any CUDA architecture (built here for a
 Jetson's sm_87 without a GPU); they have not been tuned on a Jetson.
+
+* TVM's default schedule (`tvm_default_func`): the layer exactly as TVM's own CUDA pipeline would
+  run it, legalized, fused and scheduled by dlight's GPU rules. It is a candidate beside ours
+  because it was measured faster than both of ours on an H200 (``cuda_measurements.json``):
+  the chooser must be able to pick it, and time it, rather than take ours blindly.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +48,18 @@ class GpuInfo:
 
     Attributes:
         arch: the target's ``arch`` ("sm_87" for Jetson Orin, ...), "" if unset.
+        target: the CUDA target without its host, as JSON ("" = plain ``cuda`` of ``arch``): dlight's rules
+            read its limits (threads per block, warp size), so TVM's default schedule is made under it.
     """
 
     arch: str = ""
+    target: str = ""
+
+    def device_target(self) -> tvm.target.Target:
+        """The CUDA target TVM's default schedule is made for (`tvm_default_func`)."""
+        if self.target:
+            return tvm.target.Target(json.loads(self.target))
+        return tvm.target.Target({"kind": "cuda", **({"arch": self.arch} if self.arch else {})})
 
 
 def is_cuda(target: tvm.target.Target) -> bool:
@@ -54,7 +69,8 @@ def is_cuda(target: tvm.target.Target) -> bool:
 
 def gpu_info(target: tvm.target.Target) -> GpuInfo:
     """GpuInfo of a CUDA target."""
-    return GpuInfo(str(target.attrs.get("arch", "")))
+    attrs = {k: v for k, v in target.export().items() if k not in ("host", "tag", "keys")}
+    return GpuInfo(str(target.attrs.get("arch", "")), json.dumps(attrs, sort_keys=True, default=str))
 
 
 def dense_func(m: int, n: int, k: int, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.PrimFunc:
@@ -105,6 +121,45 @@ def bsr_func(m: int, matrix: BSRMatrix, ep: Epilogue = NO_EPILOGUE) -> tvm.tirx.
                             )
 
     return finish(bsr_kernel(m, matrix, body), ep)
+
+
+def tvm_default_func(m: int, weight: np.ndarray, target: tvm.target.Target,
+                     ep: Epilogue = NO_EPILOGUE) -> tuple[tvm.tirx.PrimFunc, tuple[np.ndarray, ...]]:
+    """TVM's own CUDA kernel for x[M, K] · weightᵀ then `ep`, and the constant arrays it takes after x.
+
+    The layer is written as the ONNX importer writes it (``matmul(x, permute_dims(W))``, then the
+    bias add, ReLU and clip) and put through TVM's default CUDA legalization: LegalizeOps, FuseOps
+    (the epilogue fused into the matmul, as TVM does it), FoldConstant (which stores W transposed,
+    [K, N]) and dlight's ``ApplyDefaultSchedule(Matmul, GEMV, Reduction, GeneralReduction,
+    Fallback)`` under `target`. So the kernel timed is the one TVM runs when a layer is left to
+    it. Returns the one fused PrimFunc, ``(x, W [K, N], [bias], y)`` like our kernels, and
+    ``(W [K, N],)`` -- the bias is the caller's to pass, as for ours.
+    """
+    from tvm import relax
+    from tvm.relax.backend.cuda.pipeline import legalize_passes, library_dispatch_passes
+
+    n, k = weight.shape
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(relax.op.matmul(x, relax.op.permute_dims(relax.const(weight))))
+            if ep.bias:  # a placeholder: the caller passes the real bias, as to our kernels
+                y = builder.emit(relax.op.add(y, relax.const(np.zeros(n, np.float32))))
+            if ep.relu:
+                y = builder.emit(relax.op.nn.relu(y))
+            if ep.ceiling is not None:  # a clip with a scalar bound (no constant tensor: no extra argument)
+                y = builder.emit(relax.op.clip(y, float(np.finfo(np.float32).min), ep.ceiling))
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    with target:
+        mod = tvm.transform.Sequential(library_dispatch_passes(target) + legalize_passes(target))(builder.get())
+    funcs = [func for _, func in mod.functions_items() if isinstance(func, tvm.tirx.PrimFunc)]
+    call = mod["main"].body.blocks[0].bindings[0].value
+    if len(funcs) != 1 or len(call.args[1].fields) != 2 + ep.bias:
+        raise ValueError(f"TVM's CUDA pipeline did not fuse the {m}x{n}x{k}{ep.suffix} layer into one kernel")
+    transposed = call.args[1].fields[1].value.numpy()
+    return funcs[0], (transposed,)
 
 
 def pack_dense(weight: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
 """One way to make any of our kernels for a given weight: the rewrite emits them, the chooser times them.
 
 A *candidate* is ``(kind, block)``: ``("dense", None)``, ``("bsr", (r, c))`` or ``("nm", (n, m))`` (at most n
-nonzeros in every m consecutive weights along K). ``("bsr", (1, 1))`` at batch 1 is stored and run as
-SELL-C-sigma (`schedules.sell`), a CSR variant with a vector lane; at larger batches as BSR. :func:`make_kernel` turns a
-candidate plus a [N, K] weight and batch M into the PrimFunc and the constant arrays it takes after ``x``.
+nonzeros in every m consecutive weights along K), and on CUDA ``("tvm", None)``: TVM's default schedule of the
+dense layer (dlight), which the rewrite leaves to TVM's own pipeline. ``("bsr", (1, 1))`` at batch 1 is stored and
+run as SELL-C-sigma (`schedules.sell`), a CSR variant with a vector lane; at larger batches as BSR.
+:func:`make_kernel` turns a candidate plus a [N, K] weight and batch M into the PrimFunc and the constant arrays it
+takes after ``x``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ MIN_ZEROS = 0.2
 class KernelImpl:
     """A kernel ready to emit: ``func(x, *consts, y)``; ``weight_bytes`` = bytes of ``consts``.
 
-    ``block`` is (r, c) for "bsr", (n, m) for "nm", None for "dense"; ``nnz_blocks`` counts stored
+    ``block`` is (r, c) for "bsr", (n, m) for "nm", None for "dense" and "tvm"; ``nnz_blocks`` counts stored
     r x c blocks ("bsr") or stored value slots ("nm").
     """
 
@@ -66,6 +68,13 @@ def candidates(weight: np.ndarray, *, limit: float = BLOCK_FILL_LIMIT) -> list[C
     return out
 
 
+def cuda_candidates(weight: np.ndarray, *, limit: float = BLOCK_FILL_LIMIT) -> list[Candidate]:
+    """What may run a layer on a CUDA target: our dense kernel, TVM's default schedule, and the BSR blocks of
+    `candidates` (there is no N:M CUDA kernel)."""
+    ours = [c for c in candidates(weight, limit=limit) if c[0] != "nm"]
+    return ours[:1] + [("tvm", None)] + ours[1:]
+
+
 def nm_pattern(weight: np.ndarray) -> tuple[int, int] | None:
     """The first (sparsest) pattern of ``NM_PATTERNS`` that ``weight`` satisfies along K, or None."""
     return next((p for p in NM_PATTERNS if nm.satisfies_nm(weight, *p)), None)
@@ -76,13 +85,14 @@ def make_kernel(candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo |
     """The PrimFunc and constants computing ``x[m, K] · weightᵀ`` with ``candidate``, then `ep` (bias, ReLU).
 
     `cpu` describes the target: a `CpuInfo` (LLVM CPU kernels) or a `cuda.GpuInfo` (CUDA
-    kernels: dense and BSR only). With ``ep.bias`` the kernel takes the bias [N] as one more
-    argument after ``consts`` (the caller passes it; it is not among ``consts``).
+    kernels: dense and BSR, and ``("tvm", None)``, TVM's own dlight-scheduled kernel, for timing
+    it). With ``ep.bias`` the kernel takes the bias [N] as one more argument after ``consts``
+    (the caller passes it; it is not among ``consts``).
     """
     kind, block = candidate
     n, k = weight.shape
     if isinstance(cpu, GpuInfo):
-        return _make_cuda_kernel(candidate, weight, m, ep)
+        return _make_cuda_kernel(candidate, weight, m, cpu, ep)
     if kind == "dense":
         tiling = dense.choose_tiling(m, cpu)
         packed = dense.pack_weight(weight, tiling.vn)
@@ -107,9 +117,13 @@ def make_kernel(candidate: Candidate, weight: np.ndarray, m: int, cpu: CpuInfo |
     raise ValueError(f"unknown kernel kind {kind!r}; known: dense, bsr, nm")
 
 
-def _make_cuda_kernel(candidate: Candidate, weight: np.ndarray, m: int, ep: Epilogue) -> KernelImpl:
+def _make_cuda_kernel(candidate: Candidate, weight: np.ndarray, m: int, gpu: GpuInfo, ep: Epilogue) -> KernelImpl:
     kind, block = candidate
     n, k = weight.shape
+    if kind == "tvm":
+        func, consts = cuda.tvm_default_func(m, weight, gpu.device_target(), ep)
+        return KernelImpl("tvm", None, func, consts, 0, sum(int(c.nbytes) for c in consts),
+                          f"tvm_dense_{m}x{n}x{k}{ep.suffix}")
     if kind == "dense":
         packed = cuda.pack_dense(weight)
         return KernelImpl("dense", None, cuda.dense_func(m, n, k, ep), (packed,), 0, int(packed.nbytes),
@@ -119,11 +133,11 @@ def _make_cuda_kernel(candidate: Candidate, weight: np.ndarray, m: int, ep: Epil
         return KernelImpl("bsr", tuple(block), cuda.bsr_func(m, matrix, ep), (matrix.data, matrix.indices,
                           matrix.indptr), matrix.nnz_blocks, int(matrix.nbytes),
                           f"cuda_bsr_{n}x{k}_b{block[0]}x{block[1]}{ep.suffix}")
-    raise ValueError(f"kernel kind {kind!r} has no CUDA kernel; known on CUDA: dense, bsr")
+    raise ValueError(f"kernel kind {kind!r} has no CUDA kernel; known on CUDA: dense, bsr, tvm")
 
 
 def label(candidate: Candidate) -> str:
-    """``dense``, ``bsr 16x1`` or ``nm 2:4``: how a candidate is named in records and reports."""
+    """``dense``, ``tvm``, ``bsr 16x1`` or ``nm 2:4``: how a candidate is named in records and reports."""
     kind, block = candidate
     if block is None:
         return kind

@@ -36,7 +36,7 @@ from .choose import Chooser, rule_chooser, weight_digest
 from .cpu import NO_EPILOGUE, CpuInfo, Epilogue, cpu_info, is_llvm_cpu
 from .kernels import make_kernel
 
-Kernel = Literal["dense", "bsr", "nm", "default"]
+Kernel = Literal["dense", "bsr", "nm", "tvm", "default"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,14 @@ class LayerRecord:
         shape: [N, K] of the weight (output features, input features).
         batch: M, rows of x after flattening leading dimensions (None when not static).
         kernel: "dense" (our packed dense kernel), "bsr" (our block-sparse kernel), "nm" (our
-            N:M structured kernel) or "default" (left to TVM: non-CPU target, dynamic shape or
-            not fp32).
+            N:M structured kernel), "tvm" (chosen for a CUDA layer: TVM's default schedule, the layer
+            left to TVM's pipeline) or "default" (left to TVM without a choice: other targets,
+            dynamic shape or not fp32).
         block: [r, c] block shape for "bsr", [n, m] pattern for "nm", else None.
         density: fraction of nonzero weight elements.
         nnz_blocks: stored nonzero r x c blocks for "bsr", stored value slots for "nm"; 0 otherwise.
         weight_bytes: bytes of the stored weight: packed array (dense), values + indices +
-            indptr (bsr), values + indices (nm), or the original constant (default).
+            indptr (bsr), values + indices (nm), or the original constant (tvm, default).
         choice: how the kernel was picked: "measured" (fastest of the timed candidates),
             "rule" (a stated rule, when the device cannot be timed) or "none" (default kernel).
         alternatives_us: for "measured", median µs of every candidate timed ("dense",
@@ -106,8 +107,9 @@ def rewrite_module(
     `chooser` picks each layer's kernel (see `schedules.choose`: `PlanChooser` follows a kernel
     plan measured on the device). Without one, `rule_chooser(sparse_min)` decides: an N:M weight
     gets the N:M kernel, a weight whose fraction of zeros is >= `sparse_min` a BSR kernel with
-    the block shape from `bsr.choose_block`, any other the packed dense kernel. CUDA targets get
-    our CUDA dense and BSR kernels (`schedules.cuda`; convs stay with TVM there); for any
+    the block shape from `bsr.choose_block`, any other the packed dense kernel. On CUDA targets
+    a matmul gets our CUDA dense or BSR kernel (`schedules.cuda`) or, where the chooser picks
+    ``tvm`` (the rule always does), stays with TVM's own pipeline (convs stay with TVM there); for any
     other target the module is returned unchanged, with "default" records. `names` maps
     `weight_digest` of a layer's [N, K] weight to the weight's name in the source model; each
     record's ``weight`` is looked up there. With `survey_only` the chooser is asked about every
@@ -334,12 +336,16 @@ class _MatmulRewriter(relax.PyExprMutator):
         if batch is None or not self._served(weight, x_shape, call):
             self._record(weight, batch, "default", None, 0, weight.nbytes)
             return call
+        choice = self.chooser(weight, batch, self.cpu)
+        if choice[0][0] == "tvm":  # TVM's default schedule: the matmul stays, and its bias add and ReLU with it
+            self._record(weight, batch, "tvm", None, 0, weight.nbytes, **choice[1])
+            return call
         self.rewrites += 1
         x = call.args[0]
         n, k = weight.shape
         if len(x_shape) != 2:  # [..., K] -> [M, K] and back: the bias and ReLU still go into the kernel
             x = self.builder_.emit(relax.op.reshape(x, (batch, k)))
-        out = self._kernel_call(x, batch, weight, "matmul", fusion)
+        out = self._kernel_call(x, batch, weight, "matmul", fusion, choice)
         if len(x_shape) != 2:
             return relax.op.reshape(self.builder_.emit(out), (*x_shape[:-1], n))
         return out
@@ -427,9 +433,11 @@ class _MatmulRewriter(relax.PyExprMutator):
             return None
         return np.ascontiguousarray(value if transposed else value.T)
 
-    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str, fusion: _Fusion, *,
-                     nchw: tuple[int, int] | None = None) -> relax.Expr:
+    def _kernel_call(self, x: relax.Expr, m: int, weight: np.ndarray, op: str, fusion: _Fusion,
+                     choice: tuple | None = None, *, nchw: tuple[int, int] | None = None) -> relax.Expr:
         """call_tir of the chosen kernel on x [M, K] -> [M, N], with `fusion`'s bias and ReLU; records the layer.
+
+        `choice`: the chooser's (candidate, info) when the caller asked it already, else it is asked here.
 
         With ``nchw = (B, P)`` (an NCHW conv, M = B*P): the `conv_nchw` kernel for the same choice instead,
         X[B, K, P] -> y[B, N, P].
@@ -437,7 +445,7 @@ class _MatmulRewriter(relax.PyExprMutator):
         n, k = weight.shape
         out_shape = (m, n) if nchw is None else (nchw[0], n, nchw[1])
         # an NCHW conv runs `conv_nchw`'s kernel: the chooser keys (and the selection step times) that one
-        candidate, info = self.chooser(weight, m, self.cpu, *(() if nchw is None else (tuple(nchw),)))
+        candidate, info = choice or self.chooser(weight, m, self.cpu, *(() if nchw is None else (tuple(nchw),)))
         if self.survey_only:  # the chooser has seen the layer; nothing is built (a placeholder of the right type)
             return relax.op.zeros(out_shape, "float32")
         ep = fusion.ep

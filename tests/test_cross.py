@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -332,3 +333,62 @@ def test_replace_cuda_code_rewrites_only_module_records():
     with pytest.raises(ValueError, match="found 0 of 1 CUDA source"):
         replace_cuda_code(blob, {b"other source": fatbin})
     np.testing.assert_equal(len(out) - 8, struct.unpack_from("<Q", out)[0])
+
+
+def test_cuda_timing_bundle_holds_tvms_kernel_beside_ours(tmp_path):
+    """The timing bundle of a CUDA layer (our dense and BSR kernels and TVM's dlight-scheduled one) builds here for
+    sm_90 with an x86-64 host; with nvcc its kernels travel as a fatbin the board's runtime loads as is."""
+    from harness.compile.tvm_adapter import export_bundle
+    from harness.kernelbench.plan import block_pruned
+    from schedules.cuda import GpuInfo
+
+    weight = block_pruned(256, 64, (16, 1), 0.9, np.random.default_rng(3))
+    kernels = [(f"k{i}", candidate, weight, 1) for i, candidate in enumerate([("dense", None), ("tvm", None),
+                                                                              ("bsr", (16, 1))])]
+    target = {"kind": "cuda", "arch": "sm_90", "host": load_target("local").tvm_target}
+    lib, npz, specs = export_bundle(kernels, GpuInfo("sm_90"), target, find_toolchain("native"), tmp_path)
+    assert [spec["func"] for spec in specs] == ["t_k0", "t_k1", "t_k2"]
+    assert [len(spec["args"]) for spec in specs] == [2, 2, 4]  # x, then packed W / W [K, N] / BSR arrays
+    data = Path(lib).read_bytes()
+    assert all(name.encode() in data for name in ("t_k0", "t_k1", "t_k2"))
+    if shutil.which("nvcc"):
+        assert FATBIN_MAGIC in data and b'extern "C" __global__' not in data
+    else:
+        assert b'extern "C" __global__' in data
+
+
+def test_cuda_build_without_a_measurement_leaves_every_layer_to_tvm(digits):
+    """No plan (nothing timed on the GPU): the rule gives every layer, sparse or not, TVM's default schedule and
+    each record says so, citing the measurements behind the rule."""
+    model, variants = digits
+    built = build_for(model, variants["sparse"], "jetson-orin-nano", role="cuda")
+    assert built.error is None, built.error
+    assert len(built.layers) == 3
+    for record in built.layers:
+        assert (record["kernel"], record["choice"], record["block"]) == ("tvm", "rule", None)
+        assert record["rule"].startswith("TVM's default schedule") and "cuda_measurements.json" in record["rule"]
+
+
+def test_cuda_build_follows_a_plan_that_picks_our_bsr_kernel(digits):
+    """A plan (as measured on a GPU) that picks bsr 16x1 for the 90 %-block-sparse layers gets our CUDA BSR kernel
+    there; a layer the plan leaves out gets the rule (TVM's schedule), saying it was not in the plan."""
+    from harness.compile.plan import KernelPlan, LayerPlan
+    from harness.compile.tvm_adapter import build, survey
+
+    model, variants = digits
+    target = {"kind": "cuda", "arch": "sm_90", "host": load_target("local").tvm_target}
+    req = BuildRequest(variants["sparse"].onnx_path, variants["sparse"].sha256, model.shapes_for_batch(1), target,
+                       "ours", "native")
+    picks = [LayerPlan(key, tuple(weight.shape), m, "bsr 16x1", ("bsr", (16, 1)), "measured",
+                       times_us={"bsr 16x1": 40.0, "tvm": 50.0, "dense": 70.0}, measured_on="an H200")
+             for key, weight, m, _, _ in survey(req) if np.count_nonzero(weight) < 0.2 * weight.size]
+    assert picks
+    built = build(replace(req, plan=KernelPlan(device="gpu-board", layers=tuple(picks))))
+    assert built.error is None, built.error
+    sparse = {tuple(layer.shape) for layer in picks}
+    for record in built.layers:
+        if tuple(record["shape"]) in sparse:
+            assert (record["kernel"], record["block"], record["choice"]) == ("bsr", [16, 1], "measured")
+            assert record["epilogue"] and record["epilogue"].startswith("bias")  # fused into our kernel
+        else:
+            assert record["kernel"] == "tvm" and "not in the kernel plan" in record["rule"]

@@ -18,9 +18,11 @@ from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 from harness.kernelbench.plan import block_pruned  # noqa: E402
-from schedules import bsr, dense, nm, rewrite_module, sell  # noqa: E402
+from schedules import bsr, cuda, dense, nm, rewrite_module, sell  # noqa: E402
 from schedules.build import build_kernel  # noqa: E402
+from schedules.choose import rule_chooser  # noqa: E402
 from schedules.cpu import cpu_info  # noqa: E402
+from schedules.kernels import make_kernel  # noqa: E402
 
 AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "mattr": ["+avx2", "+fma"], "num-cores": 2}
 AVX512 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4", "mattr": ["+avx512f"], "num-cores": 2}
@@ -379,7 +381,6 @@ def test_rewrite_dynamic_batch_left_to_tvm():
 )
 def test_kernel_epilogue_bias_relu(candidate, m):
     from schedules.cpu import Epilogue
-    from schedules.kernels import make_kernel
 
     rng = np.random.default_rng(31)
     weight = nm.prune_nm(block_pruned(37, 40, (8, 1), 0.5, rng), 2, 4) if candidate[0] == "nm" else block_pruned(
@@ -500,13 +501,18 @@ def test_rewrite_other_gpu_targets_return_module_unchanged():
 JETSON_GPU = {"kind": "cuda", "arch": "sm_87", "host": AARCH64}
 
 
+def _ours(weight, m, cpu, *conv):
+    """A chooser that takes our kernels as the CPU rule would (on CUDA the rule leaves every layer to TVM)."""
+    return rule_chooser(0.5)(weight, m, None)
+
+
 @pytest.mark.parametrize("batch", [1, 16])
 def test_cuda_kernels_compile_for_jetson(batch, tmp_path):
     """CUDA dense and BSR kernels (threads bound over rows and blocks) build for sm_87 with no GPU here."""
     w1, b1, w2 = _mlp_weights("gemm")
     mod = from_onnx(_mlp([batch, 48], w1, b1, w2), keep_params_in_input=False)
     target = tvm.target.Target(JETSON_GPU)
-    new_mod, records = rewrite_module(mod, target)
+    new_mod, records = rewrite_module(mod, target, chooser=_ours)
     assert [(r["kernel"], r["block"], r["epilogue"]) for r in records] == [("bsr", [8, 1], "bias+relu"),
                                                                            ("dense", None, None)]
     ex = tvm.compile(new_mod, target=target)
@@ -518,6 +524,63 @@ def test_cuda_kernels_compile_for_jetson(batch, tmp_path):
     assert "cuda_bsr_64x48_b8x1_bias_relu_kernel" in cuda_source and "blockIdx.x" in cuda_source
     assert "cuda_dense_" in cuda_source and ("threadIdx.y" in cuda_source) == (batch > 1)  # batch rows per block
     ex.export_library(str(tmp_path / "mlp_cuda.tar"))
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_tvm_candidate_is_the_kernel_tvms_pipeline_runs(batch):
+    """The ``tvm`` candidate timed for a CUDA layer is, to the last loop, the PrimFunc TVM's default CUDA pipeline
+    makes for that layer as the ONNX importer writes it (dlight's GEMV rule at batch 1, Matmul above), for Gemm
+    with its bias and ReLU fused and for MatMul."""
+    from tvm.relax.backend.cuda.pipeline import legalize_passes, library_dispatch_passes
+
+    from schedules.cpu import Epilogue
+
+    w1, b1, w2 = _mlp_weights("gemm")
+    mod = from_onnx(_mlp([batch, 48], w1, b1, w2), keep_params_in_input=False)
+    target = tvm.target.Target(JETSON_GPU)
+    with target:
+        lowered = tvm.transform.Sequential(library_dispatch_passes(target) + legalize_passes(target))(mod)
+    gpu = cuda.gpu_info(target)
+    for name, weight, ep in (("fused_matmul_add_relu", w1, Epilogue(bias=True, relu=True)),
+                             ("matmul1", np.ascontiguousarray(w2.T), Epilogue())):
+        impl = make_kernel(("tvm", None), weight, batch, gpu, ep)
+        tvm.ir.assert_structural_equal(impl.func, lowered[name])
+        assert impl.kind == "tvm" and [c.shape for c in impl.consts] == [weight.T.shape]  # TVM stores W as [K, N]
+        assert impl.func.attrs["tirx.is_scheduled"]
+
+
+def test_cuda_rule_leaves_layers_to_tvm_with_their_bias_and_relu():
+    """Choosing ``tvm`` leaves the matmul to TVM's pipeline, recorded as such; its bias add and ReLU stay with it
+    (no kernel of ours absorbs them), while a layer the chooser gives our BSR kernel gets them fused."""
+    w1, b1, w2 = _mlp_weights("matmul")  # layer 0 dense with bias + ReLU, layer 1 90 % sparse in 8x1 blocks
+    mod = from_onnx(_mlp([1, 48], w1, b1, w2), keep_params_in_input=False)
+    target = tvm.target.Target(JETSON_GPU)
+    same, records = rewrite_module(mod, target)  # nothing measured: the rule
+    assert same.same_as(mod)
+    assert [(r["kernel"], r["choice"], r["epilogue"]) for r in records] == [("tvm", "rule", None)] * 2
+    assert all("TVM's default schedule" in r["rule"] and "cuda_measurements.json" in r["rule"] for r in records)
+
+    def mixed(weight, m, cpu, *conv):
+        return (("bsr", (8, 1)) if bsr.density(weight) < 0.5 else ("tvm", None)), {"choice": "measured"}
+
+    new_mod, records = rewrite_module(mod, target, chooser=mixed)
+    assert [(r["kernel"], r["block"], r["epilogue"]) for r in records] == [("tvm", None, None), ("bsr", [8, 1], None)]
+    ops = [str(call.op.name) for call in _calls(new_mod["main"]) if isinstance(call.op, tvm.ir.Op)]
+    assert ops.count("relax.matmul") == 1 and "relax.add" in ops and "relax.nn.relu" in ops
+    tvm.compile(new_mod, target=target)  # TVM schedules its layer itself (dlight) next to our kernel
+
+
+def _calls(func) -> list:
+    calls = []
+
+    @relax.expr_functor.visitor
+    class _Calls(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            calls.append(call)
+            super().visit_call_(call)
+
+    _Calls().visit_expr(func)
+    return calls
 
 
 @needs_avx2

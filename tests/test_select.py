@@ -117,3 +117,83 @@ def test_corrupt_timing_cache_is_measured_again(requests_):
     again = _select(requests_[:1])
     assert again.timed > 0 and again.plan.note == ""
     assert all(layer.choice == "measured" for layer in again.plan.layers)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA targets: our kernels against TVM's default schedule, timed on the GPU; without one, the rule, saying why
+
+
+def _cuda(req):
+    return replace(req, target={"kind": "cuda", "arch": "sm_90", "host": req.target})
+
+
+class _GpuBoard:
+    """A device with a GPU behind a transport that times kernels itself (as the rpc transport does). Its made-up
+    times follow the stored weight: TVM's kernel 5 µs, our dense kernel 20 µs, a sparse kernel 1 µs per thousand
+    stored values (+1)."""
+
+    device = "gpu-board"
+
+    def __init__(self):
+        self.calls = []
+
+    def fingerprint(self) -> dict:
+        return {"machine": "x86_64", "gpu": "a made-up one"}
+
+    def time_kernels(self, library, arrays, specs, *, repeat, min_repeat_ms, timeout_s, device="cpu"):
+        import numpy as np
+
+        self.calls.append({"device": device, "library": library.read_bytes(), "specs": specs})
+        with np.load(arrays) as npz:
+            consts = {spec["id"]: [npz[name] for name in spec["args"][1:]] for spec in specs}
+        times = {}
+        for kid, args in consts.items():
+            if len(args) > 1:  # values, indices, indptr: a sparse kernel of ours
+                times[kid] = 1.0 + args[0].size / 1000
+            else:  # TVM keeps W as [K, N]; our dense kernel packs it [N/32, K, 32]
+                times[kid] = 5.0 if args[0].ndim == 2 else 20.0
+        return {kid: {"median_us": us, "results_us": [us]} for kid, us in times.items()}
+
+
+def test_cuda_layers_time_ours_and_tvms_kernel_on_the_gpu_and_the_build_follows(requests_):
+    import shutil
+    import struct
+
+    from harness.compile.tvm_adapter import build
+
+    board = _GpuBoard()
+    reqs = [_cuda(req) for req in requests_]
+    selection = select_kernels(reqs, transport=board, python="", toolchain="native", timeout_s=300)
+    assert selection.plan.note == "" and len(board.calls) == 1
+    call = board.calls[0]
+    assert call["device"] == "cuda"  # the timer runs the bundle on the GPU, not the CPU
+    if shutil.which("nvcc"):  # the board's runtime-only TVM cannot compile CUDA source: the bundle carries a fatbin
+        assert struct.pack("<I", 0xBA55ED50) in call["library"] and b'extern "C" __global__' not in call["library"]
+    layers = selection.plan.layers
+    assert layers and all(layer.choice == "measured" for layer in layers)
+    assert all({"dense", "tvm"} <= set(layer.times_us) for layer in layers)
+    assert not [label for layer in layers for label in layer.times_us if label.startswith("nm")]
+    sparse = [layer for layer in layers if len(layer.times_us) > 2]
+    assert sparse and all(layer.kernel.startswith("bsr") for layer in sparse)
+    assert all(layer.kernel == "tvm" for layer in layers if layer not in sparse)
+
+    built = build(replace(reqs[1], plan=selection.plan_for(reqs[1])))
+    assert built.error is None, built.error
+    by_key = {(tuple(layer.shape), layer.batch): layer for layer in selection.plan_for(reqs[1]).layers}
+    for record in built.layers:
+        chosen = by_key[(tuple(record["shape"]), record["batch"])]
+        assert record["kernel"] == chosen.candidate[0] and record["choice"] == "measured"
+        assert record["alternatives_us"] == chosen.times_us
+    assert {record["kernel"] for record in built.layers} >= {"bsr"}
+
+
+def test_cuda_selection_without_a_gpu_means_the_rule_and_says_why(requests_):
+    """This machine has no GPU: the timer fails in one line, and TVM's default schedule decides, citing the
+    measurements that justify it."""
+    selection = _select([_cuda(requests_[1])])
+    note = selection.plan.note
+    assert "the kernel timer on localhost failed: no CUDA device" in note and "\n" not in note
+    assert selection.plan.layers
+    for layer in selection.plan.layers:
+        assert layer.choice == "rule" and layer.kernel == "tvm" and layer.candidate == ("tvm", None)
+        assert "cuda_measurements.json" in layer.rule and "no CUDA device" in layer.rule

@@ -14,6 +14,9 @@ A job without kernels (``{"kernels": []}``) only reports the device's metadata a
 with the named arrays of the ``.npz`` (each array becomes a TVM tensor once, however many kernels use it) and a
 zeroed output of shape/dtype ``out`` as the last argument: once to warm up, then through ``time_evaluator``.
 
+``device`` is ``"cpu"`` or ``"cuda"`` (a CUDA target's bundle); a machine without that device fails the job with
+``"error": "no CUDA device ..."``.
+
 Writes ``result.json`` next to the job file and prints it as the last stdout line; exit 0 when the job ran (even if
 some kernels failed), 1 when it could not::
 
@@ -53,7 +56,14 @@ def time_kernels(job: dict, base: Path) -> dict:
 
     from .runner import tvm_device
 
-    dev = tvm_device(tvm, job.get("device", "cpu"))
+    device = job.get("device", "cpu")
+    try:
+        dev = tvm_device(tvm, device)
+        missing = "" if dev.exist else f"no {device.upper()} device"
+    except OSError as err:  # TVM's CUDA runtime needs the driver's libcuda: no driver, no GPU to time on
+        missing = f"no {device.upper()} device ({err})"
+    if missing:  # one line for the plan's note, not a traceback
+        return {"ok": False, "timer_version": TIMER_VERSION, "error": missing, "threads": threads}
     lib = tvm.runtime.load_module(_path(job["library"], base))
     with np.load(_path(job["arrays"], base)) as npz:
         arrays = {name: npz[name] for name in npz.files}

@@ -111,7 +111,7 @@ def _survey(req: BuildRequest) -> tuple[list[_Layer], dict]:
             pass  # a damaged survey is a miss: survey again (and overwrite it)
     from schedules.choose import kernel_key, pattern_digest, rule_chooser
     from schedules.cuda import GpuInfo
-    from schedules.kernels import candidates, label
+    from schedules.kernels import candidates, cuda_candidates, label
 
     from .tvm_adapter import survey
 
@@ -119,9 +119,9 @@ def _survey(req: BuildRequest) -> tuple[list[_Layer], dict]:
     layers, weights = [], {}
     for key, weight, m, cpu, conv in survey(req):
         pattern = pattern_digest(weight)
-        # our CUDA kernels are not timed by the CPU timer: the rule decides there; an NCHW conv has dense and BSR
+        # a CUDA layer: ours against TVM's default schedule, timed on the GPU; an NCHW conv has dense and BSR
         # kernels (conv_nchw), which are the ones timed for it
-        cands = [] if isinstance(cpu, GpuInfo) else candidates(weight)
+        cands = cuda_candidates(weight) if isinstance(cpu, GpuInfo) else candidates(weight)
         if conv is not None:
             cands = [c for c in cands if c[0] in ("dense", "bsr")]
         kernels = {label(c): (c, kernel_key(c, weight, m, pattern=pattern, conv=conv)) for c in cands}
@@ -237,6 +237,7 @@ def _time_on_device(missing: dict, weights: dict, target: dict, toolchain_name: 
     for kkey, (candidate, layer_key) in missing.items():
         weight, m, cpu, conv = weights[layer_key]
         kernels.append((kkey, candidate, weight, m, conv))
+    device = "cuda" if target.get("kind") == "cuda" else "cpu"  # where the timer runs the kernels
     with tempfile.TemporaryDirectory(prefix="sparsebench-select-") as tmp:
         toolchain = find_toolchain(toolchain_name)
         try:
@@ -246,10 +247,10 @@ def _time_on_device(missing: dict, weights: dict, target: dict, toolchain_name: 
             raise HarnessError(f"building the timing bundle: {last[:500]}") from None
         if hasattr(transport, "time_kernels"):  # the rpc transport: the remote time_evaluator, through its session
             result = transport.time_kernels(Path(lib), Path(npz), specs, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS,
-                                            timeout_s=timeout_s)
+                                            timeout_s=timeout_s, device=device)
         else:
             result = time_kernels(transport, python, Path(lib), Path(npz), specs, repeat=REPEAT,
-                                  min_repeat_ms=MIN_REPEAT_MS, timeout_s=timeout_s)
+                                  min_repeat_ms=MIN_REPEAT_MS, timeout_s=timeout_s, device=device)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return {kkey: {**value, "measured_at": stamp} for kkey, value in result.items()}
 

@@ -107,15 +107,20 @@ def survey(req: BuildRequest) -> list[tuple[str, object, int, object]]:
 
 def export_bundle(kernels, cpu, target: dict, toolchain, out_dir) -> tuple[str, str, list[dict]]:
     """Compile a timing bundle (``schedules.bundle``) for ``target`` with the profile's ``toolchain`` into
-    ``out_dir``: returns (library path, arrays ``.npz`` path, the timer's kernel specs)."""
+    ``out_dir``: returns (library path, arrays ``.npz`` path, the timer's kernel specs). A CUDA bundle's kernels
+    travel as a build's do (``toolchains.cuda_plan``): a fatbin when nvcc here knows the GPU, so the board's
+    runtime-only timer can load them."""
     import numpy as np
 
     from schedules.bundle import timing_bundle
 
+    from .toolchains import cuda_plan
+
     mod, arrays, specs = timing_bundle(kernels, cpu)
     ex = tvm_compile(mod, target)
     lib = os.path.join(str(out_dir), "kernels.so")
-    _export(ex, lib, toolchain, None, make_target(target))
+    cuda = cuda_plan(target.get("arch", "")) if target.get("kind") == "cuda" else None
+    _export(ex, lib, toolchain, cuda, make_target(target))
     npz = os.path.join(str(out_dir), "kernels.npz")
     np.savez_compressed(npz, **arrays)
     return lib, npz, specs
@@ -192,7 +197,7 @@ def _fatbin_packer(ex, cuda, target):
                 walk(sub, seen)
         return seen
 
-    modules = walk(ex.mod, [])
+    modules = walk(ex.mod, [ex.mod])  # a model's VM module imports its host code; a bundle's module is host code
     sources = {}
     # TVM runs "nvcc" from PATH: the plan's (e.g. the cuda extra's, in this venv) must be the one found
     with target, _on_path(os.path.dirname(cuda.nvcc)):  # nvcc.compile_cuda reads the arch of the current target

@@ -51,9 +51,10 @@ def board_fingerprint(transport: Transport, python: str, *, timeout_s: float = 3
 
 
 def time_kernels(transport: Transport, python: str, library: Path, arrays: Path, specs: list[dict], *,
-                 repeat: int, min_repeat_ms: int, timeout_s: float) -> dict[str, dict]:
-    """Time every kernel of ``library`` on the device: ``{id: {"median_us", "results_us"} | {"error"}}``."""
-    job = {"device": "cpu", "threads": None, "number": 1, "repeat": repeat, "min_repeat_ms": min_repeat_ms,
+                 repeat: int, min_repeat_ms: int, timeout_s: float, device: str = "cpu") -> dict[str, dict]:
+    """Time every kernel of ``library`` on the device's ``device`` ("cpu", or "cuda" for a CUDA target's bundle):
+    ``{id: {"median_us", "results_us"} | {"error"}}``."""
+    job = {"device": device, "threads": None, "number": 1, "repeat": repeat, "min_repeat_ms": min_repeat_ms,
            "kernels": specs}
     result = _run_timer(transport, python, job, {"library": library, "arrays": arrays}, timeout_s)
     times = result.get("times") or {}

@@ -154,6 +154,8 @@ def _kernel(layer: LayerRecord) -> str:
     """Which kernel ran the layer: ours (``bsr 16×1``, ``dense``, ``nm 2:4``) or TVM's own lowering, never blank."""
     if layer.kernel in (None, "default"):
         return "dense, TVM default schedule"
+    if layer.kernel == "tvm":  # chosen over ours (measured, or the CUDA rule), not merely left over
+        return "dense, TVM default schedule (chosen)"
     if layer.block:
         sep = ":" if layer.kernel == "nm" else "×"
         return f"{layer.kernel} {sep.join(map(str, layer.block))} (ours)"

@@ -279,14 +279,15 @@ class RpcTransport(Transport):
         return runs
 
     def time_kernels(self, library: Path, arrays: Path, specs: list[dict], *, repeat: int, min_repeat_ms: int,
-                     timeout_s: float) -> dict[str, dict]:
+                     timeout_s: float, device: str = "cpu") -> dict[str, dict]:
         """Kernel selection's timer over the session (as ``harness/board/timer.py`` does on a board): every
-        kernel of ``library`` timed with the remote ``time_evaluator``; ``{id: {"median_us", "results_us"} |
-        {"error"}}``."""
+        kernel of ``library`` timed with the remote ``time_evaluator`` on the remote ``device`` ("cpu", or "cuda"
+        for a CUDA target's bundle); ``{id: {"median_us", "results_us"} | {"error"}}``."""
         import numpy as np
         import tvm
 
         self.connect()
+        dev = self._timing_device(device)
         try:
             self.uploads += 1
             name = f"{self.uploads}-kernels.so"
@@ -297,7 +298,6 @@ class RpcTransport(Transport):
                 self.session = None
             raise TransportError("select", f"the kernel bundle did not load on {self.device} ({_short(err)})") \
                 from None
-        dev = self.session.cpu(0)
         with np.load(arrays) as npz:
             host = {name: npz[name] for name in npz.files}
         tensors: dict = {}
@@ -329,6 +329,21 @@ class RpcTransport(Transport):
         except Exception:  # noqa: BLE001 - the server's session folder goes with the session
             pass
         return times
+
+    def _timing_device(self, device: str):
+        """The session's ``device`` 0, checked to be there: a server without it fails the timing in one line."""
+        dev = self.session.device(device, 0)
+        try:
+            present, why = bool(dev.exist), ""
+        except Exception as err:  # noqa: BLE001 - "Device API cuda is not enabled": a TVM runtime without CUDA
+            if _session_broke(err):
+                self.session = None
+                raise TransportError("select", f"the rpc session with {self.device} broke ({_short(err)})") from None
+            present, why = False, f" ({_short(err)})"
+        if not present:
+            raise TransportError("select", f"the kernel timer on {self.device} failed: no {device.upper()} "
+                                           f"device{why}")
+        return dev
 
     def fingerprint(self) -> dict:
         """What decides kernel timings on the board, as far as the session tells (kernel selection's cache key)."""
