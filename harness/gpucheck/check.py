@@ -306,14 +306,16 @@ def probe_tvm(env: dict) -> dict:
         return {"error": f"TVM probe failed: {err}"}
 
 
-def run_runner(group: list, model: ModelData, batch: int, paths: dict, rules: dict, env: dict, work: Path) -> dict:
-    """One runner job for the artifacts of one model and batch; returns ``{artifact name: result}``."""
+def run_runner(group: list, model: ModelData, batch: int, paths: dict, rules: dict, env: dict, work: Path,
+               device: str = "cuda") -> dict:
+    """One runner job for the artifacts of one model and batch; returns ``{artifact name: result}`` (and
+    ``"_device_meta"``). ``device``: the job's (``"cpu"`` only for the tests of a GPU-less host)."""
     jobdir = work / f"{model.name}_b{batch}"
     shutil.rmtree(jobdir, ignore_errors=True)
     jobdir.mkdir(parents=True)
     job = {"models": [{"id": e["name"], "artifact": str(paths[e["name"]]), "engine": "tvm"} for e in group],
            "eval_inputs": str(HERE / model.info["inputs"]), "input_names": model.info["input_names"],
-           "batch": batch, "device": "cuda", "cpus": [], **rules}
+           "batch": batch, "device": device, "cpus": [], **rules}
     (jobdir / "job.json").write_text(json.dumps(job))
     cmd = [sys.executable, "-m", "sparsebench_board.runner", str(jobdir / "job.json")]
     start = time.perf_counter()
@@ -350,14 +352,19 @@ def run_runner(group: list, model: ModelData, batch: int, paths: dict, rules: di
 # torch peers
 
 
-def torch_peers(torch, model: ModelData, batch: int, labels: list, rules: dict, events: int) -> list:
+def torch_peers(torch, model: ModelData, batch: int, labels: list, device: str = "cuda") -> list:
     """(variant, engine, run, outputs_fn) per peer: dense F.linear eager and as a CUDA graph (cuBLAS), CSR matmul
-    (cuSPARSE) per sparse variant; every one computes the whole model (ReLU between layers)."""
+    (cuSPARSE) per sparse variant; every one computes the whole model (ReLU between layers). ``device="cpu"``
+    (the tests of a GPU-less host) leaves out the CUDA graph."""
+    import warnings
+
     import torch.nn.functional as F
 
-    dev = torch.device("cuda")
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    dev = torch.device(device)
     dense = [(torch.from_numpy(w).to(dev), torch.from_numpy(b).to(dev)) for w, b in model.layers]
     last = len(dense) - 1
+    lib = " (cuBLAS)" if device == "cuda" else ""
 
     def eager(x):
         for i, (w, b) in enumerate(dense):
@@ -367,52 +374,57 @@ def torch_peers(torch, model: ModelData, batch: int, labels: list, rules: dict, 
         return x
 
     first = torch.from_numpy(next(batches(model.inputs, batch))[0][0]).to(dev)
-    peers = [("dense", "torch-eager (cuBLAS)", lambda: eager(first), lambda chunk: eager(chunk))]
-
-    static_x = first.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            eager(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = eager(static_x)
-
-    def graph_out(chunk):
-        static_x.copy_(chunk)
-        graph.replay()
-        return static_y
-
-    peers.append(("dense", "torch-graph (cuBLAS)", graph.replay, graph_out))
-
+    peers = [("dense", f"torch-eager{lib}", lambda: eager(first), eager)]
+    if device == "cuda":
+        peers.append(("dense", f"torch-graph{lib}", *cuda_graph(torch, eager, first)))
     for label in labels:
         if model.variants[label]["block"] is None:
             continue
-        csr = [(torch.from_numpy(w).to(dev).to_sparse_csr(), b.to(dev)[:, None])
+        csr = [(torch.from_numpy(w).to(dev).to_sparse_csr(), b[:, None])
                for w, (_d, b) in zip(model.weights(label), dense)]
 
         def sparse(x, csr=csr):
-            h = x.t().contiguous()
+            h = x.t().contiguous()  # y^T = W_csr @ x^T: cuSPARSE SpMM with the sparse matrix on the left
             for i, (w, b) in enumerate(csr):
                 h = torch.mm(w, h) + b
                 if i != last:
                     h = torch.relu(h)
             return h.t()
 
-        peers.append((label, "torch-csr (cuSPARSE)", lambda s=sparse: s(first), sparse))
+        peers.append((label, "torch-csr" + (" (cuSPARSE)" if device == "cuda" else ""),
+                      lambda s=sparse: s(first), sparse))
     return peers
 
 
-def time_torch(torch, peers: list, rules: dict, events: int) -> list:
+def cuda_graph(torch, fn, first):
+    """(replay, outputs_fn): ``fn`` on a static input captured as one CUDA graph (warmed up on a side stream)."""
+    static_x = first.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = fn(static_x)
+
+    def graph_out(chunk):
+        static_x.copy_(chunk)
+        graph.replay()
+        return static_y
+
+    return graph.replay, graph_out
+
+
+def time_torch(torch, peers: list, rules: dict, events: int, device: str = "cuda") -> list:
     """The runner's rules for the peers: a settling round, then ``rounds`` rounds taking turns, each with a fresh
     warm-up and every call timed on its own (perf_counter_ns around the call + torch.cuda.synchronize); then
     ``events`` calls each between two CUDA events (the GPU's time for one call)."""
     n_rounds = max(1, int(rules["rounds"]))
     per = {"min_runs": -(-int(rules["min_runs"]) // n_rounds), "min_s": float(rules["min_s"]) / n_rounds,
            "max_runs": max(1, int(rules["max_runs"]) // n_rounds)}
-    sync = torch.cuda.synchronize
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     clock = time.perf_counter_ns
 
     def one_round(run) -> list:
@@ -446,7 +458,7 @@ def time_torch(torch, peers: list, rules: dict, events: int) -> list:
     out = []
     for i, peer in enumerate(peers):
         dev_us = None
-        if not errors[i]:
+        if not errors[i] and events and device == "cuda":
             try:
                 marks = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                          for _ in range(events)]
@@ -461,6 +473,57 @@ def time_torch(torch, peers: list, rules: dict, events: int) -> list:
                 errors[i] = f"CUDA events: {type(err).__name__}: {err}"
         out.append({"latencies_ns": samples[i], "error": errors[i], "dev_us": dev_us})
     return out
+
+
+def tvm_rows(group: list, got: dict, errors: dict, model: ModelData, batch: int, tolerance: float) -> list:
+    """The table rows of one runner job's artifacts (timing, CI, the output check against the reference)."""
+    rows = []
+    for entry in group:
+        row = {"model": model.name, "batch": batch, "variant": entry["variant"],
+               "engine": "tvm-default" if entry["kernels"] == "tvm-default" else "tvm-ours",
+               "artifact": entry["name"], "kernels": [l["kernel"] for l in entry["layers"]]}
+        res = got.get(entry["name"], {"error": errors.get(entry["name"], "not run")})
+        if res.get("error"):
+            row["error"] = res["error"]
+        else:
+            row["p50_us"], row["ci_us"] = p50_ci(res["latencies_ns"])
+            row.update(n=len(res["latencies_ns"]), rounds=res["rounds"], unsettled=res["unsettled"],
+                       dev_us=res["dev_us"], dev_note=res["dev_note"])
+            row["check"] = output_check(res["outputs"], model.refs[entry["variant"]], tolerance)
+        rows.append(row)
+    return rows
+
+
+def torch_rows(torch, model: ModelData, batch: int, labels: list, rules: dict, events: int, tolerance: float,
+               device: str = "cuda") -> list:
+    """The torch peers' rows: timed (:func:`time_torch`), then evaluated on every evaluation row."""
+    import numpy as np
+
+    try:
+        peers = torch_peers(torch, model, batch, labels, device)
+        timed = time_torch(torch, peers, rules, events, device)
+    except Exception as err:
+        return [{"model": model.name, "batch": batch, "variant": "dense", "engine": "torch",
+                 "error": f"{type(err).__name__}: {err}"}]
+    rows = []
+    for (label, engine, _run, outputs), res in zip(peers, timed):
+        row = {"model": model.name, "batch": batch, "variant": label, "engine": engine}
+        if res["error"]:
+            row["error"] = res["error"]
+        else:
+            row["p50_us"], row["ci_us"] = p50_ci(res["latencies_ns"])
+            row.update(n=len(res["latencies_ns"]), dev_us=res["dev_us"],
+                       dev_note="CUDA events" if res["dev_us"] is not None else None)
+            try:
+                outs = []
+                for chunks, real in batches(model.inputs, batch):
+                    y = outputs(torch.from_numpy(chunks[0]).to(device))
+                    outs.append(y.float().cpu().numpy()[:real])
+                row["check"] = output_check(np.concatenate(outs), model.refs[label], tolerance)
+            except Exception as err:
+                row["error"] = f"evaluate: {type(err).__name__}: {err}"
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,9 +572,9 @@ def main(argv=None) -> int:
     wall = time.perf_counter()
 
     gpus = nvidia_smi_gpus()  # exits 2 without a GPU
-    try:
-        import numpy as np  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("numpy") is None:
         print("numpy is not installed for this Python: the runner and this check need it", flush=True)
         return 1
     manifest = json.loads((HERE / "manifest.json").read_text())
@@ -582,49 +645,15 @@ def main(argv=None) -> int:
             got = run_runner([e for e in group if e["name"] in paths], model, batch, paths, rules, env, work) \
                 if paths else {}
             device_meta = got.pop("_device_meta", None) or device_meta
-            group_rows = []
-            for entry in group:
-                row = {"model": name, "batch": batch, "variant": entry["variant"],
-                       "engine": "tvm-default" if entry["kernels"] == "tvm-default" else "tvm-ours",
-                       "artifact": entry["name"], "kernels": [l["kernel"] for l in entry["layers"]]}
-                res = got.get(entry["name"], {"error": errors.get(entry["name"], "not run")})
-                if res.get("error"):
-                    row["error"] = res["error"]
-                else:
-                    row["p50_us"], row["ci_us"] = p50_ci(res["latencies_ns"])
-                    row.update(n=len(res["latencies_ns"]), rounds=res["rounds"], unsettled=res["unsettled"],
-                               dev_us=res["dev_us"], dev_note=res["dev_note"])
-                    row["check"] = output_check(res["outputs"], model.refs[entry["variant"]], tolerance)
-                group_rows.append(row)
+            group_rows = tvm_rows(group, got, errors, model, batch, tolerance)
             labels = [v["label"] for v in info["variants"]]
             if torch is None:
-                group_rows.append({"model": name, "batch": batch, "variant": "dense", "engine": "torch",
-                                   "error": f"unavailable: {torch_error}"})
+                group_rows += [{"model": name, "batch": batch, "variant": label, "engine": engine,
+                                "error": f"unavailable: {torch_error}"} for label, engine in
+                               [("dense", "torch-eager (cuBLAS)"), ("dense", "torch-graph (cuBLAS)")] +
+                               [(l, "torch-csr (cuSPARSE)") for l in labels if model.variants[l]["block"]]]
             else:
-                try:
-                    peers = torch_peers(torch, model, batch, labels, rules, events)
-                    timed = time_torch(torch, peers, rules, events)
-                except Exception as err:
-                    peers, timed = [], []
-                    group_rows.append({"model": name, "batch": batch, "variant": "dense", "engine": "torch",
-                                       "error": f"{type(err).__name__}: {err}"})
-                for (label, engine, _run, outputs), res in zip(peers, timed):
-                    row = {"model": name, "batch": batch, "variant": label, "engine": engine}
-                    if res["error"]:
-                        row["error"] = res["error"]
-                    else:
-                        row["p50_us"], row["ci_us"] = p50_ci(res["latencies_ns"])
-                        row.update(n=len(res["latencies_ns"]), dev_us=res["dev_us"], dev_note="CUDA events")
-                        try:
-                            outs = []
-                            for chunks, real in batches(model.inputs, batch):
-                                y = outputs(torch.from_numpy(chunks[0]).cuda())
-                                outs.append(y.float().cpu().numpy()[:real])
-                            row["check"] = output_check(np.concatenate(outs), model.refs[label], tolerance)
-                        except Exception as err:
-                            row["error"] = f"evaluate: {type(err).__name__}: {err}"
-                    group_rows.append(row)
-                del peers
+                group_rows += torch_rows(torch, model, batch, labels, rules, events, tolerance)
                 torch.cuda.empty_cache()
             base = next((r.get("p50_us") for r in group_rows
                          if r["engine"] == "tvm-default" and r["variant"] == "dense"), None)
