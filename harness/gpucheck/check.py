@@ -274,7 +274,10 @@ def unpack_runtime(manifest: dict) -> Path | None:
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir()
         with tarfile.open(HERE / info["file"]) as tar:
-            tar.extractall(dest)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and 3.8.17+): no links out of dest
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest)
         stamp.write_text(json.dumps(info))
     return dest
 
@@ -568,6 +571,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results.json", help="results file (default: bundle)")
     parser.add_argument("--warmup-s", type=float, default=None, help="GPU warm-up before timing (default 3 s)")
     parser.add_argument("--events", type=int, default=200, help="CUDA-event timed calls per torch peer")
+    parser.add_argument("--models", help="comma-separated subset of the bundle's models (default: all)")
     args = parser.parse_args(argv)
     wall = time.perf_counter()
 
@@ -596,6 +600,14 @@ def main(argv=None) -> int:
     if tvm.get("exist") is False:
         no_gpu(f"TVM {tvm.get('tvm')}'s CUDA runtime sees no device (nvidia-smi: {gpus[0]})")
     tvm_error = tvm.get("error")
+    if tvm_error and manifest.get("tvm_runtime"):
+        # the bundle brought TVM: that it does not work here is a failure, not a missing optional peer
+        wheels = manifest["tvm_runtime"]["wheels"]
+        tag = next((w.split("-")[2] for w in wheels if w.startswith("apache_tvm_ffi")), "?")
+        tvm_error = (f"bundled TVM runtime ({tag}, this Python is {sys.version_info[0]}.{sys.version_info[1]}): "
+                     f"{tvm_error}")
+    elif tvm_error:
+        tvm_error = f"unavailable: {tvm_error} (the bundle was built with --no-tvm)"
     log(f"{gpus[0]}; TVM {tvm.get('tvm', '-')} ({tvm_error or tvm.get('name')}); "
         f"torch {torch.__version__ if torch else torch_error}")
 
@@ -623,7 +635,13 @@ def main(argv=None) -> int:
     work.mkdir(exist_ok=True)
     rows, device_meta = [], None
     tolerance = manifest["tolerance"]
-    for name, info in manifest["models"].items():
+    chosen = args.models.split(",") if args.models else list(manifest["models"])
+    unknown = [m for m in chosen if m not in manifest["models"]]
+    if unknown:
+        print(f"unknown model(s) {', '.join(unknown)}; the bundle has {', '.join(manifest['models'])}")
+        return 1
+    for name in chosen:
+        info = manifest["models"][name]
         try:
             model = ModelData(name, info, HERE)
         except Exception as err:
@@ -636,7 +654,7 @@ def main(argv=None) -> int:
             paths, errors = {}, {}
             for entry in group:
                 if tvm_error:
-                    errors[entry["name"]] = f"unavailable: {tvm_error}"
+                    errors[entry["name"]] = tvm_error
                     continue
                 try:
                     paths[entry["name"]] = restore(entry, model, HERE, work)
@@ -661,7 +679,9 @@ def main(argv=None) -> int:
                 if base and row.get("p50_us"):
                     row["speedup"] = base / row["p50_us"]
             rows += group_rows
-            log(f"{name} batch {batch}: done")
+            # partial results on disk after every group: a run stopped by a time limit keeps what it measured
+            args.out.write_text(json.dumps({"partial": True, "rows": rows}, indent=1, default=float))
+            log(f"{name} batch {batch}: done ({time.perf_counter() - wall:.0f} s)")
         for entry in (e for e in manifest["artifacts"] if e["model"] == name):
             (work / f"{entry['name']}.so").unlink(missing_ok=True)
 
