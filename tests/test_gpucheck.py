@@ -148,3 +148,35 @@ def test_runner_job_and_torch_peers_on_the_cpu(bundle, tmp_path):
     # one table, every row on one line
     check.print_table([row, *rows])
     np.testing.assert_array_equal(data.inputs[0], model.eval_inputs["x"])
+
+
+def test_check_py_imports_nothing_from_the_host_package():
+    """check.py runs on the GPU machine beside the board package: the standard library, numpy, torch (optional)
+    and ``sparsebench_board`` only -- never harness, schedules or TVM itself (the runner loads TVM)."""
+    import ast
+
+    source = (ROOT / "harness" / "gpucheck" / "check.py").read_text()
+    allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "sparsebench_board"}
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        for name in names:
+            assert name.split(".")[0] in allowed, f"check.py imports {name}"
+
+
+def test_weight_layouts_are_the_kernels():
+    """The layouts check.py refills are the ones schedules/ stores (odd shapes: padded edges)."""
+    from harness.gpucheck import check
+    from schedules.bsr import to_bsr
+    from schedules.cuda import pack_dense
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(50, 24)).astype(np.float32)
+    np.testing.assert_array_equal(check.layout(w, {"form": "pack", "vn": 32}), pack_dense(w))
+    w[rng.random(w.shape) < 0.8] = 0
+    for block in ((16, 1), (1, 1)):
+        ours = to_bsr(w, block)
+        for part in ("data", "indices", "indptr"):
+            got = check.layout(w, {"form": "bsr", "block": list(block), "part": part})
+            np.testing.assert_array_equal(got, getattr(ours, part))
+            assert got.dtype == getattr(ours, part).dtype

@@ -6,7 +6,6 @@ in a temporary folder that is removed afterwards (``--keep-build`` keeps it); on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..config import Method
 from ..errors import HarnessError
+from .check import block_mask, generate, layout, sha256
 
 #: Bumped when the bundle's layout changes (check.py refuses a manifest of another format).
 FORMAT = 1
@@ -37,6 +37,9 @@ HOST_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2
 
 #: Weight byte ranges shorter than this stay in the shipped artifact.
 MIN_HOLE = 4096
+
+#: What a bundle should stay under: the device tool copies at most 64 MiB of working tree, the repository included.
+TRAVEL_LIMIT = 60 * 2**20
 
 #: Max |output - reference| / max |reference| for an output check to pass.
 TOLERANCE = 1e-4
@@ -90,73 +93,9 @@ QUICK_MEASURE = {**MEASURE, "min_runs": 60, "min_s": 0.3, "max_rounds": 3, "exte
                  "model_time_repeat": 5}
 
 
-def generate(recipe: dict):
-    """``([(W, b)...], x)`` of a recipe, float32 (the same code runs in ``check.py`` on the device)."""
-    rng = np.random.default_rng(recipe["seed"])
-    layers = []
-    for n, k in recipe["layers"]:
-        w = rng.normal(0, 1 / np.sqrt(k), (n, k))
-        b = rng.normal(0, recipe["bias_std"], n)
-        layers.append((np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)))
-    x = rng.normal(0, 1, (recipe["eval_rows"], recipe["layers"][0][1])).astype(np.float32)
-    return layers, x
-
-
-def sha256(data) -> str:
-    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# weight layouts: what an artifact may hold of a layer's weight (check.py carries the same functions)
-
-
-def pack_weight(weight: np.ndarray, vn: int) -> np.ndarray:
-    """``schedules.dense.pack_weight``: W[N, K] -> [ceil(N/vn), K, vn], zero-padded."""
-    n, k = weight.shape
-    blocks = -(-n // vn)
-    padded = np.zeros((blocks * vn, k), dtype=np.float32)
-    padded[:n] = weight
-    return np.ascontiguousarray(padded.reshape(blocks, vn, k).transpose(0, 2, 1))
-
-
-def block_mask(weight: np.ndarray, block) -> np.ndarray:
-    r, c = block
-    n, k = weight.shape
-    rows, cols = -(-n // r), -(-k // c)
-    padded = np.zeros((rows * r, cols * c), dtype=bool)
-    padded[:n, :k] = weight != 0
-    return padded.reshape(rows, r, cols, c).any(axis=(1, 3))
-
-
-def to_bsr(weight: np.ndarray, block):
-    """``schedules.bsr.to_bsr``'s arrays: (data [nnzb, c, r], indices, indptr)."""
-    r, c = block
-    n, k = weight.shape
-    rows = -(-n // r)
-    padded = np.zeros((rows * r, k), dtype=np.float32)
-    padded[:n] = weight
-    blocks = padded.reshape(rows, r, k // c, c).transpose(0, 2, 3, 1)
-    mask = block_mask(weight, block)
-    block_rows, block_cols = np.nonzero(mask)
-    indptr = np.zeros(rows + 1, dtype=np.int32)
-    indptr[1:] = np.cumsum(mask.sum(axis=1))
-    data = np.ascontiguousarray(blocks[block_rows, block_cols], dtype=np.float32)
-    return data, block_cols.astype(np.int32), indptr
-
-
-def layout(weight: np.ndarray, form: dict) -> np.ndarray:
-    """The weight in one layout: ``{"form": "raw" | "T" | "pack" (vn) | "bsr" (block, part)}``."""
-    kind = form["form"]
-    if kind == "raw":
-        return np.ascontiguousarray(weight)
-    if kind == "T":
-        return np.ascontiguousarray(weight.T)
-    if kind == "pack":
-        return pack_weight(weight, form["vn"])
-    if kind == "bsr":
-        data, indices, indptr = to_bsr(weight, tuple(form["block"]))
-        return {"data": data, "indices": indices, "indptr": indptr}[form["part"]]
-    raise ValueError(f"unknown layout {kind!r}")
+# weight layouts: what an artifact may hold of a layer's weight. ``generate``, ``layout`` and ``block_mask`` are
+# check.py's (it runs them on the GPU machine to refill the artifacts), so the two sides cannot drift apart.
 
 
 def candidate_forms(layers: list[dict]) -> list[dict]:
@@ -387,6 +326,9 @@ def build_bundle(out: Path, *, arch: str = "sm_90", quick: bool = False, models:
         manifest["bundle_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         _log(f"bundle {out}: {len(manifest['artifacts'])} artifacts, {manifest['bundle_bytes'] / 2**20:.1f} MiB, "
              f"{manifest['build_s']:.0f} s")
+        if manifest["bundle_bytes"] > TRAVEL_LIMIT:
+            _log(f"the bundle is over {TRAVEL_LIMIT / 2**20:.0f} MiB: a working tree copied to the GPU machine may "
+                 "not carry it (build fewer models with --models)")
         return manifest
     finally:
         if keep_build:

@@ -68,7 +68,7 @@ def gpu_clocks() -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the seeded weights and their layouts (the same functions as harness/gpucheck/build.py)
+# the seeded weights and their layouts (build.py imports these: one copy for the host and the GPU machine)
 
 
 def generate(recipe: dict):
@@ -693,9 +693,10 @@ def main(argv=None) -> int:
               "bundle": {k: manifest.get(k) for k in ("created", "arch", "tvm_version", "nvcc", "quick")},
               "rows": rows, "failed": len(failed), "wall_s": round(time.perf_counter() - wall, 1)}
     args.out.write_text(json.dumps(result, indent=1, default=float))
+    evaluator = next(iter(manifest["models"].values()))["evaluator"]
     print(f"{len(rows)} rows, {len(failed)} failed; p50 per call incl. sync; 'device µs': TVM's time_evaluator or "
-          f"CUDA events; check: max|out-ref|/max|ref| <= {tolerance:g} (ref: {next(iter(manifest['models'].values()))['evaluator']}); "
-          f"{args.out}; {result['wall_s']:.0f} s")
+          f"CUDA events; check: max|out-ref|/max|ref| <= {tolerance:g} (ref: {evaluator}); {args.out}; "
+          f"{result['wall_s']:.0f} s")
     return 0 if not failed else 1
 
 
