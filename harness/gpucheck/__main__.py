@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
     b.add_argument("--tvm-wheels", type=Path, help="folder holding the apache-tvm and apache-tvm-ffi wheels for the "
                    "GPU machine's Python (default: pip download them for CPython 3.12 x86-64)")
+    b.add_argument("--python", default="3.12", help="the GPU machine's CPython version, for the TVM runtime's "
+                   "apache-tvm-ffi wheel (default 3.12)")
     b.add_argument("--no-tvm", action="store_true", help="ship no TVM runtime (the GPU machine has one)")
     b.add_argument("--keep-build", action="store_true", help="keep the temporary build folder")
     args = parser.parse_args(argv)
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_bundle(args.out, arch=args.arch, quick=args.quick,
                                 models=args.models.split(",") if args.models else None, tvm_wheels=args.tvm_wheels,
-                                no_tvm=args.no_tvm, keep_build=args.keep_build)
+                                no_tvm=args.no_tvm, keep_build=args.keep_build, python=args.python)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

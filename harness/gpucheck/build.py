@@ -180,22 +180,29 @@ def pruned_weights(variant) -> list[np.ndarray]:
     return [np.ascontiguousarray(inits[l.weight], dtype=np.float32) for l in variant.layers]
 
 
-def runtime_wheels(wheels: Path | None, work: Path) -> list[Path]:
-    """The two wheels (a folder given, else ``pip download``ed for the device: CPython 3.12, manylinux x86-64)."""
+def runtime_wheels(wheels: Path | None, work: Path, python: str = "3.12") -> list[Path]:
+    """The two wheels for the GPU machine's CPython ``python`` on manylinux x86-64: from the folder ``wheels``, else
+    ``pip download``ed (apache-tvm is ``py3-none``; apache-tvm-ffi is built per Python version)."""
+    tag = "cp" + python.replace(".", "")
     if wheels is None:
         wheels = work / "wheels"
-        cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.12",
+        cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", python,
                "--platform", "manylinux_2_28_x86_64", "--no-deps", *TVM_WHEELS, "-d", str(wheels)]
         _log("downloading the TVM runtime wheels: " + " ".join(cmd[3:]))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise HarnessError(f"pip download of {' '.join(TVM_WHEELS)} failed (pass --tvm-wheels DIR holding both "
                                f"wheels, or --no-tvm): {proc.stderr.strip()[-500:]}")
-    found = [next(iter(sorted(wheels.glob(f"{pkg.split('==')[0].replace('-', '_')}-{pkg.split('==')[1]}-*.whl"))),
-                  None) for pkg in TVM_WHEELS]
-    missing = [pkg for pkg, path in zip(TVM_WHEELS, found) if path is None]
-    if missing:
-        raise HarnessError(f"no wheel for {', '.join(missing)} in {wheels}")
+    found = []
+    for pkg in TVM_WHEELS:
+        name, version = pkg.split("==")
+        stem = f"{name.replace('-', '_')}-{version}-"
+        # the ffi wheel must be the device Python's (cpXY, or a stable-ABI one); apache-tvm is pure py3
+        hits = [p for p in sorted(wheels.glob(stem + "*x86_64*.whl"))
+                if p.name[len(stem):].startswith((tag + "-", "py3-")) or "-abi3-" in p.name]
+        if not hits:
+            raise HarnessError(f"no {pkg} wheel for CPython {python} x86-64 in {wheels}")
+        found.append(hits[0])
     return found
 
 
@@ -221,7 +228,8 @@ def write_runtime(wheels: list[Path], out: Path) -> dict:
 
 
 def build_bundle(out: Path, *, arch: str = "sm_90", quick: bool = False, models: list[str] | None = None,
-                 tvm_wheels: Path | None = None, no_tvm: bool = False, keep_build: bool = False) -> dict:
+                 tvm_wheels: Path | None = None, no_tvm: bool = False, keep_build: bool = False,
+                 python: str = "3.12") -> dict:
     """Write the bundle into ``out`` (created; must be empty or absent); returns the manifest."""
     from ..board import SHIPPED
     from ..compile.cache import ArtifactCache, BuildRequest
@@ -317,7 +325,8 @@ def build_bundle(out: Path, *, arch: str = "sm_90", quick: bool = False, models:
             shutil.copyfile(BOARD_DIR / rel, board / rel)
         if not no_tvm:
             _log("runtime-only TVM")
-            manifest["tvm_runtime"] = write_runtime(runtime_wheels(tvm_wheels, work), out)
+            manifest["tvm_runtime"] = {**write_runtime(runtime_wheels(tvm_wheels, work, python), out),
+                                       "python": python}
         shutil.copyfile(Path(__file__).with_name("check.py"), out / "check.py")
         (out / "run.sh").write_text(RUN_SH)
         (out / "run.sh").chmod(0o755)

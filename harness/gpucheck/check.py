@@ -602,10 +602,9 @@ def main(argv=None) -> int:
     tvm_error = tvm.get("error")
     if tvm_error and manifest.get("tvm_runtime"):
         # the bundle brought TVM: that it does not work here is a failure, not a missing optional peer
-        wheels = manifest["tvm_runtime"]["wheels"]
-        tag = next((w.split("-")[2] for w in wheels if w.startswith("apache_tvm_ffi")), "?")
-        tvm_error = (f"bundled TVM runtime ({tag}, this Python is {sys.version_info[0]}.{sys.version_info[1]}): "
-                     f"{tvm_error}")
+        built_for = manifest["tvm_runtime"].get("python", "?")
+        tvm_error = (f"bundled TVM runtime (for CPython {built_for}; this is {sys.version_info[0]}."
+                     f"{sys.version_info[1]}: rebuild with --python): {tvm_error}")
     elif tvm_error:
         tvm_error = f"unavailable: {tvm_error} (the bundle was built with --no-tvm)"
     log(f"{gpus[0]}; TVM {tvm.get('tvm', '-')} ({tvm_error or tvm.get('name')}); "
