@@ -2,7 +2,8 @@
 
 ``build --quick --no-tvm`` runs for real (TVM compiles ffn-768 for CUDA sm_90, nvcc makes the fatbins); the bundle's
 own ``check.py`` restores every artifact (seeded weights refilled, sha256 checked) and must exit 2 here with one
-line naming the missing GPU. The runner job it writes and its torch peers run on the CPU (the same functions, with
+line naming the missing GPU. A restored artifact loads with TVM's runtime library only, its CUDA module a fatbin
+(a stand-in loader: no CUDA driver here). The runner job it writes and its torch peers run on the CPU (the same functions, with
 ``device="cpu"``) so the job format, the output checks and the peers' arithmetic are exercised without a GPU.
 """
 
@@ -180,3 +181,31 @@ def test_weight_layouts_are_the_kernels():
             got = check.layout(w, {"form": "bsr", "block": list(block), "part": part})
             np.testing.assert_array_equal(got, getattr(ours, part))
             assert got.dtype == getattr(ours, part).dtype
+
+
+def test_restored_artifact_loads_in_the_tvm_runtime_with_its_fatbin(bundle, tmp_path):
+    """A restored artifact loads in a fresh process with TVM's runtime library only (as on the GPU machine), the
+    CUDA module arriving as a fatbin: a stand-in loader takes it, since this host has no CUDA driver."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    check = load_check(bundle)
+    data = check.ModelData("ffn-768", manifest["models"]["ffn-768"], bundle)
+    art = next(a for a in manifest["artifacts"] if a["variant"] == "block16x1-90")
+    path = check.restore(art, data, bundle, tmp_path)
+    script = tmp_path / "load.py"
+    script.write_text(f"""
+import json, struct, tvm, tvm_ffi
+seen = []
+@tvm_ffi.register_global_func("ffi.Module.load_from_bytes.cuda", override=True)
+def _load(blob):
+    blob = bytes(blob)
+    (n,) = struct.unpack_from("<Q", blob, 0)
+    seen.append({{"fmt": blob[8:8 + n].decode(), "fatbin": {FATBIN_MAGIC!r} in blob}})
+    return tvm_ffi.get_global_func("ffi.Module.create.const_loader")({{}}, {{}})  # in the runtime library
+lib = tvm.runtime.load_module({str(path)!r})
+print(json.dumps({{"seen": seen, "kinds": [m.kind for m in lib.imports]}}))
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["seen"] == [{"fmt": "fatbin", "fatbin": True}]
