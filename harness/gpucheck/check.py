@@ -57,14 +57,19 @@ def nvidia_smi_gpus() -> list:
     return gpus
 
 
-def gpu_clocks() -> str | None:
+def smi_query(fields: str) -> str | None:
+    """The first GPU's ``nvidia-smi --query-gpu=FIELDS`` as one CSV line, or None."""
     smi = shutil.which("nvidia-smi")
     try:
-        out = subprocess.run([smi, "--query-gpu=clocks.sm,clocks.max.sm,temperature.gpu,power.draw",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+        out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
         return out.splitlines()[0] if out else None
     except (OSError, subprocess.TimeoutExpired, TypeError):
         return None
+
+
+def gpu_clocks() -> str | None:
+    return smi_query("clocks.sm,clocks.max.sm,temperature.gpu,power.draw")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -687,7 +692,7 @@ def main(argv=None) -> int:
     print_table(rows)
     failed = [r for r in rows if (r.get("check") and not r["check"]["ok"])
               or (r.get("error") and not r["error"].startswith("unavailable"))]
-    result = {"gpus": gpus, "clocks": clocks, "tvm": tvm, "torch": torch.__version__ if torch else torch_error,
+    result = {"gpus": gpus, "gpu": smi_query("name,driver_version,memory.total,pstate"), "clocks": clocks, "tvm": tvm, "torch": torch.__version__ if torch else torch_error,
               "device_meta": device_meta, "tolerance": tolerance, "rules": rules,
               "bundle": {k: manifest.get(k) for k in ("created", "arch", "tvm_version", "nvcc", "quick")},
               "rows": rows, "failed": len(failed), "wall_s": round(time.perf_counter() - wall, 1)}
