@@ -190,9 +190,6 @@ class ModelData:
             self._pruned[label] = out
         return self._pruned[label]
 
-    def biases(self) -> list:
-        return [b for _w, b in self.layers]
-
 
 def restore(entry: dict, model: ModelData, bundle: Path, dest: Path) -> Path:
     """The artifact as built: its shipped bytes with the weight ranges refilled; sha256 checked."""
