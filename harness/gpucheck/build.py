@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,26 @@ class ModelSpec:
         return {"seed": self.seed, "layers": [list(l) for l in self.layers], "eval_rows": self.eval_rows,
                 "weight_std": "1/sqrt(K)", "bias_std": 0.02}
 
+
+
+def ours_plan(req, variant):
+    """A plan giving every layer *our* CUDA kernel for the variant's pattern (dense, BSR 16x1, BSR 1x1 for
+    unstructured): the check times our kernels against TVM's default build, so the rule (which, on CUDA, leaves every
+    layer to TVM: schedules/cuda_measurements.json) must not decide here."""
+    from harness.compile.plan import KernelPlan, LayerPlan
+    from harness.compile.tvm_adapter import survey
+    from schedules.kernels import label
+
+    if variant.method == "dense":
+        candidate = ("dense", None)
+    else:
+        candidate = ("bsr", tuple(variant.block) if variant.block else (1, 1))
+    layers = []
+    for key, weight, m, _, _ in survey(req):
+        pick = candidate if np.count_nonzero(weight) < weight.size else ("dense", None)
+        layers.append(LayerPlan(key, tuple(weight.shape), m, label(pick), pick, "rule",
+                                rule="gpucheck: our kernel, timed against TVM's default build"))
+    return KernelPlan(device="gpucheck", layers=tuple(layers))
 
 def _ffn_seed() -> int:
     from ..models.zoo import FFN_SEED
@@ -297,6 +317,8 @@ def build_bundle(out: Path, *, arch: str = "sm_90", quick: bool = False, models:
                     _log(f"compile {art}")
                     req = BuildRequest(variant.onnx_path, variant.sha256, model.shapes_for_batch(batch), target,
                                        kernels, "native")
+                    if kernels == "ours":
+                        req = replace(req, plan=ours_plan(req, variant))
                     res = build(req, cache)
                     if res.error:
                         raise HarnessError(f"{art}: {res.error}")
