@@ -244,15 +244,12 @@ def output_check(got, ref, tolerance: float) -> dict:
 
 
 def batches(arrays: list, batch: int):
-    """The runner's ``as_batches``: chunks of exactly ``batch`` rows, the last padded with its last row."""
-    import numpy as np
+    """The runner's own ``as_batches`` (the bundled board package): chunks of exactly ``batch`` rows, the last padded
+    with its last row, so the peers see the inputs the runner does."""
+    sys.path.insert(0, str(HERE))
+    from sparsebench_board.runner import as_batches
 
-    for start in range(0, len(arrays[0]), batch):
-        chunks = [a[start:start + batch] for a in arrays]
-        real = len(chunks[0])
-        if real < batch:
-            chunks = [np.concatenate([c, np.repeat(c[-1:], batch - real, axis=0)]) for c in chunks]
-        yield chunks, real
+    return as_batches(arrays, batch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
