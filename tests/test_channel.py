@@ -122,11 +122,11 @@ def test_asis_detects_blocks_and_nm(tmp_path):
     v = make_asis_variant("pruned-mlp", block.onnx_path)
     # 0.9 on the two big layers (prune_last is off): the model's own figure is its sparsity, in its key
     assert v.method == "as-is" and 0.85 < v.sparsity_target < 0.9 and v.key == f"pruned-mlp/as-is/{v.sparsity_target:g}"
-    assert [l.pattern for l in v.layers] == ["16x1 blocks", "16x1 blocks", "dense"]
+    assert [l.pattern for l in v.layers] == ["16x1 blocks", "16x1 blocks", "dense"] and v.block_str == "16x1"
     assert abs(v.layers[1].sparsity_actual - 0.9) < 0.01
     nm = make_variant("digits-mlp", path, Method("nm", (2, 4)), 0.5, tmp_path)
     v = make_asis_variant("nm-mlp", nm.onnx_path)
-    assert [l.pattern for l in v.layers] == ["2:4", "2:4", "dense"]
+    assert [l.pattern for l in v.layers] == ["2:4", "2:4", "dense"] and v.block_str == "2:4"
     assert "2:4" in v.notes[0]
     assert detect_pattern(np.ones((8, 8))) == "dense"
 

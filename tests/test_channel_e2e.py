@@ -54,6 +54,7 @@ def test_asis_without_dense_reference_forces_our_dense_kernel(tmp_path, small_mo
     assert proc.returncode == 0, proc.stderr
     rows = {r["method"]: r for r in _rows(out)}
     assert set(rows) == {"dense", "as-is"} and rows["as-is"]["verdict"] != "ERROR", rows
+    assert rows["as-is"]["block"] == "8x1"  # the pattern found, in the block column
     assert "no dense model given" in proc.stderr and "8x1 blocks" in proc.stderr
     conn = sqlite3.connect(db)
     layers = {m: json.loads(j) for m, j in conn.execute("SELECT method, layers_json FROM results")}

@@ -52,7 +52,12 @@ class Variant:
 
     @property
     def block_str(self) -> str:
-        """``16x1`` (block), ``2:4`` (N:M) or ``""``: the ``block`` CSV column."""
+        """``16x1`` (block), ``2:4`` (N:M) or ``""``: the ``block`` CSV column. An as-is model: the patterns found in
+        its layers (``16x1``, ``2:4``, ``unstructured``; several joined by ``+``)."""
+        if self.method == "as-is":
+            found = dict.fromkeys(l.pattern.replace(" blocks", "") for l in self.layers
+                                  if l.pattern and l.pattern != "dense")
+            return "+".join(found)
         if not self.block:
             return ""
         return f"{self.block[0]}:{self.block[1]}" if self.method == "nm" else f"{self.block[0]}x{self.block[1]}"
