@@ -454,7 +454,8 @@ class Benchmark:
             if job.force_dense and error is None and any(l.kernel != "dense" for l in layers):
                 error = ("run: the artifacts do not run our dense kernel on every layer of the as-is model, which "
                          "its dense row needs; give dense = \"path.onnx\" for a dense reference")
-            row = replace(row, layers=_layer_extras(job.variant, layers), overhead={"compile_cached": True}, error=error)
+            row = replace(row, layers=_layer_extras(job.variant, layers), overhead={"compile_cached": True},
+                          error=error)
             return row.with_build(self.prebuilt.build_record(entry)), artifact
         if self.progress:
             self.progress.step(f"compile {job.key}")

@@ -116,7 +116,6 @@ def find_chains(model) -> tuple[list[Chain], dict[str, str]]:
             consumers.setdefault(name, []).append((node, idx))
             if name in inits:
                 init_uses[name] = init_uses.get(name, 0) + 1
-    layers = {node.output[0]: (node, w) for node, w in prunable_layers(model)}
     by_node = {id(node): w for node, w in prunable_layers(model)}
     chains, why = [], {}
     for node, weight in prunable_layers(model):
