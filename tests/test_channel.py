@@ -92,16 +92,18 @@ def test_channel_cnn(tmp_path, level):
     path, eval_path = zoo.materialize("digits-cnn")
     v = make_channel_variant("digits-cnn", path, level, tmp_path)
     onnx.checker.check_model(onnx.load(str(v.onnx_path)), full_check=True)
-    w, old = _weights(v.onnx_path), _weights(path)
-    c1, c3 = w["conv1.weight"].shape[0], w["pwconv.weight"].shape[0]
-    assert c1 < 16 and c3 < 64
-    assert w["conv2.weight"].shape == (32, c1, 3, 3) and w["conv1.bias"].shape == (c1,)
-    # the depthwise conv is left alone (its channels are tied to conv2's), and so are conv2's outputs
-    assert w["dwconv.weight"].shape == old["dwconv.weight"].shape
+    w = _weights(v.onnx_path)
+    c1, c2, c3 = (w[k].shape[0] for k in ("conv1.weight", "conv2.weight", "pwconv.weight"))
+    assert c1 < 16 and c2 < 32 and c3 < 64
+    assert w["conv2.weight"].shape == (c2, c1, 3, 3) and w["conv1.bias"].shape == (c1,)
+    # the depthwise conv goes with conv2's channels (its filters, bias and group), then pwconv's inputs
+    assert w["dwconv.weight"].shape == (c2, 1, 3, 3) and w["dwconv.bias"].shape == (c2,)
+    dw = next(n for n in onnx.load(str(v.onnx_path)).graph.node if n.input[1:2] == ["dwconv.weight"])
+    assert next(a.i for a in dw.attribute if a.name == "group") == c2
+    assert w["pwconv.weight"].shape == (c3, c2, 1, 1)
     assert w["fc.weight"].shape == (10, c3)  # through GlobalAveragePool + Flatten
     by = {l.weight: l for l in v.layers}
-    assert not by["dwconv.weight"].pruned and "depthwise" in by["dwconv.weight"].detail
-    assert "depthwise" in by["conv2.weight"].detail
+    assert by["dwconv.weight"].pruned and "depthwise" in by["dwconv.weight"].detail
     after, before = v.params
     assert abs(after / before - (1 - level)) < 0.03
     data = np.load(eval_path)

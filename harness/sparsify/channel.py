@@ -8,9 +8,9 @@ parameters, so any runtime gains from it.
 A *chain* is a producer layer (Gemm, MatMul with a 2-D weight, Conv with ``group = 1``) whose output reaches exactly
 one consumer layer of those kinds (as its data input) through per-channel operations only: a constant bias or scale
 (``Add``/``Mul``/``Sub``/``Div`` with a constant broadcast along the channel), ``BatchNormalization``, elementwise
-activations, pooling, and ``Flatten`` after a global pool. Anything else (a tensor used twice, a ``Reshape``, a
-grouped or depthwise conv, a residual ``Add``) cannot be cut safely: that layer is left as it is and its record says
-why. The model's inputs and outputs keep their shapes (the last layer never loses outputs).
+activations, pooling, depthwise convs (one filter per channel: their filters go with the channels and their
+``group`` follows), and ``Flatten`` after a global pool. Anything else (a tensor used twice, a ``Reshape``, a grouped
+conv, a residual ``Add``) cannot be cut safely: that layer is left as it is and its record says why. The model's inputs and outputs keep their shapes (the last layer never loses outputs).
 
 Level semantics: ``channel`` at level ``s`` keeps a number of units per chain (one fraction of every chain's units)
 chosen so that the parameter count (weights) of the layers it touches is as close as possible to ``(1 - s)`` of their
@@ -73,6 +73,9 @@ class Chain:
     units: int
     # (initializer, axis) of per-channel constants to cut with the producer's outputs (its bias, BN, scales)
     constants: list[tuple[str, int]] = field(default_factory=list)
+    # depthwise convs on the way (one filter per channel): their weights and biases are cut with the channels and
+    # their ``group`` follows the channel count; their weights count among the touched parameters
+    depthwise: list[str] = field(default_factory=list)
     keep: np.ndarray | None = None
 
 
@@ -104,6 +107,18 @@ def _per_channel(init, axis_from_end: int, rank: int, units: int) -> bool | None
     return True if padded == want else None
 
 
+def _is_depthwise(node, inits, init_uses, units: int) -> bool:
+    """A conv with one filter per channel (``group`` = channels, weight [C, 1, kh, kw]) on ``units`` channels, whose
+    weight and bias are its own: a channel goes through it alone, so it can be cut with the channel."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    dims = list(inits[node.input[1]].dims)
+    bias_ok = len(node.input) < 3 or not node.input[2] or (
+        node.input[2] in inits and list(inits[node.input[2]].dims) == [units] and init_uses.get(node.input[2]) == 1)
+    return (_attr(node, "group", 1) == units and len(dims) >= 3 and dims[0] == units and dims[1] == 1
+            and init_uses.get(node.input[1]) == 1 and bias_ok)
+
+
 def find_chains(model) -> tuple[list[Chain], dict[str, str]]:
     """(chains whose units can be removed, per weight: why it is not a producer). Graph order."""
     graph = model.graph
@@ -133,7 +148,7 @@ def find_chains(model) -> tuple[list[Chain], dict[str, str]]:
                 why[weight] = "its bias is not a constant of one value per output"
                 continue
             constants.append((node.input[2], 0))
-        tensor, collapsed, found, reason = node.output[0], False, None, None
+        tensor, collapsed, found, reason, depthwise = node.output[0], False, None, None, []
         while True:
             if tensor in outputs:
                 reason = "its output is a model output"
@@ -143,6 +158,13 @@ def find_chains(model) -> tuple[list[Chain], dict[str, str]]:
                 reason = f"its output feeds {len(uses)} nodes" if uses else "its output is unused"
                 break
             nxt, idx = uses[0]
+            if _is_depthwise(nxt, inits, init_uses, units) and conv and not collapsed and idx == 0:
+                constants.append((nxt.input[1], 0))
+                if len(nxt.input) > 2 and nxt.input[2]:
+                    constants.append((nxt.input[2], 0))
+                depthwise.append(nxt.input[1])
+                tensor = nxt.output[0]
+                continue
             if id(nxt) in by_node and idx == 0:
                 bad = _layer_ok(nxt, inits, init_uses)
                 if bad:
@@ -193,7 +215,7 @@ def find_chains(model) -> tuple[list[Chain], dict[str, str]]:
         if found is None:
             why[weight] = reason or "no next layer"
             continue
-        chains.append(Chain(weight, found.input[1], units, constants))
+        chains.append(Chain(weight, found.input[1], units, constants, depthwise))
     return chains, why
 
 
@@ -202,7 +224,7 @@ def _sizes(model, chains: list[Chain], keeps: list[int]) -> tuple[int, int]:
     inits = {i.name: i for i in model.graph.initializer}
     scale: dict[str, float] = {}
     for chain, keep in zip(chains, keeps):
-        for name in (chain.producer, chain.consumer):
+        for name in (chain.producer, chain.consumer, *chain.depthwise):
             scale[name] = scale.get(name, 1.0) * keep / chain.units
     before = sum(int(np.prod(inits[n].dims)) for n in scale)
     after = sum(int(round(int(np.prod(inits[n].dims)) * s)) for n, s in scale.items())
@@ -255,6 +277,12 @@ def channel_prune_model(model, level: float, *, prune_first: bool = True):
         for name, axis in chain.constants:
             arrays[name] = np.take(arrays[name], chain.keep, axis=axis)
     touched = {n for c in chains for n in (c.producer, c.consumer, *(k for k, _ in c.constants))}
+    by_weight = {node.input[1]: node for node in model.graph.node if node.op_type == "Conv" and len(node.input) > 1}
+    for chain in chains:
+        for weight in chain.depthwise:
+            for a in by_weight[weight].attribute:
+                if a.name == "group":
+                    a.i = len(chain.keep)
     for name in touched:
         inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arrays[name]), name))
     # intermediate shapes changed: drop the stale ones (the checker and shape inference recompute them)
@@ -283,22 +311,26 @@ def make_channel_variant(model_name: str, onnx_path: Path, level: float, out_dir
     new = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out_of = {c.producer: c for c in chains}
     in_of = {c.consumer: c for c in chains}
+    through = {w: c for c in chains for w in c.depthwise}
     records = []
     for node, w in layers:
         array = originals[w][1]
         view, _ = _weight_view(node, w, array)
         n, k = int(view.shape[0]), int(view.shape[1])
         new_view, _ = _weight_view(node, w, new[w])
-        touched = w in out_of or w in in_of
+        touched = w in out_of or w in in_of or w in through
         removed = 1.0 - new_view.size / view.size
         parts = []
         if w in out_of:
             parts.append(f"{len(out_of[w].keep)}/{out_of[w].units} outputs kept")
         if w in in_of:
             parts.append(f"{len(in_of[w].keep)}/{in_of[w].units} inputs kept")
+        if w in through:
+            parts.append(f"depthwise: {len(through[w].keep)}/{through[w].units} channels kept with "
+                         f"{through[w].producer}'s outputs")
         if touched:
             detail = "channel: " + ", ".join(parts) + f"; now [{new_view.shape[0]}, {new_view.shape[1]}]"
-            if w not in out_of and w in why:
+            if w not in out_of and w not in through and w in why:
                 detail += f"; outputs not cut: {why[w]}"
         else:
             detail = f"channel: left as it is: {why.get(w, 'not in a chain')}"
