@@ -489,8 +489,6 @@ class Benchmark:
         return self._reference[key]
 
 
-
-
 def _dense_plan(plan):
     """``plan`` with our dense kernel on every layer (the dense row of an as-is model without a dense reference)."""
     from .compile.plan import LayerPlan

@@ -496,7 +496,8 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
         raise HarnessError("config has no [[models]]; add one, e.g. [[models]] name = \"digits-mlp\"")
     specs = tuple(_parse_model(m, base, i) for i, m in enumerate(models))
     for spec in specs:
-        if spec.dense_path is not None and not any(m.name == "as-is" for m in spec.methods or sparsify.methods):
+        if spec.dense_path is not None and not any(
+                m.name == "as-is" for m in (sparsify.methods if spec.methods is None else spec.methods)):
             raise HarnessError(f"model {spec.name}: dense = ... names the dense reference of an already-pruned model, "
                                f"used with methods = [\"as-is\"]; add \"as-is\" to its methods or drop dense")
     return RunConfig(
