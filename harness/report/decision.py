@@ -102,4 +102,10 @@ def verdict_line(group: Group, level: float, rows: list[ResultRow]) -> str:
         qc, qs, kind = as_float(channel.top1_agreement), as_float(best.top1_agreement), "top-1 agreement"
     quality = "" if qc is None or qs is None else (
         f"; {kind} {fmt.pct(qc, 1)} (channel) vs {fmt.pct(qs, 1)} ({name})")
-    return f"{group.title}, {fmt.pct(level, 0)}: {speed}{quality}."
+    text = f"{group.title}, {fmt.pct(level, 0)}: {speed}{quality}"
+    invalid = [series_label(series_key(r)) for r in (channel, best) if r.verdict != "VALID"]
+    if group.baseline is not None and group.baseline.verdict != "VALID":
+        invalid.append("dense")
+    if invalid:
+        text += f" (not VALID: {', '.join(invalid)}; see the verdicts before deciding)"
+    return text + "."
