@@ -122,8 +122,12 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
             levels = model_levels if method.fixed_level is None else (method.fixed_level,)
             for level in levels:
                 if level > 0 and method.name == "channel":
-                    variants.append(make_channel_variant(model.name, model.path, level, variant_dir,
-                                                         prune_first=_pick(spec.prune_first, sp.prune_first)))
+                    cut = make_channel_variant(model.name, model.path, level, variant_dir,
+                                               prune_first=_pick(spec.prune_first, sp.prune_first))
+                    if cut.params is None:  # nothing could be cut: no row (it would be the dense model), a note
+                        variants[0] = replace(variants[0], notes=tuple(dict.fromkeys(variants[0].notes + cut.notes)))
+                    else:
+                        variants.append(cut)
                 elif level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
                                                  prune_first=_pick(spec.prune_first, sp.prune_first),

@@ -139,3 +139,14 @@ def test_asis_refuses_a_dense_model(tmp_path):
         make_asis_variant("digits-mlp", path)
     text = str(err.value)
     assert "\n" not in text and "digits-mlp" in text and "block:16x1" in text
+
+
+def test_plan_has_no_channel_row_for_a_model_that_cannot_be_cut():
+    from harness.bench import load_models, plan_jobs
+    from harness.config import parse_config
+
+    cfg = parse_config({"sparsify": {"levels": [0, 0.5], "methods": ["channel"]}, "compare": {"peers": []},
+                        "models": [{"name": "tiny-encoder"}]})
+    jobs = plan_jobs(cfg, load_models(cfg))
+    assert [j.variant.method for j in jobs] == ["dense"]
+    assert any("no channel row is measured" in n for n in jobs[0].variant.notes)

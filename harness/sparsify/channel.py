@@ -342,7 +342,7 @@ def make_channel_variant(model_name: str, onnx_path: Path, level: float, out_dir
         ))
     if not chains:
         note = (f"{model_name}: channel {level:g}: no layer's outputs can be removed safely "
-                f"({'; '.join(f'{k}: {v}' for k, v in why.items())}); the variant is the model unchanged")
+                f"({'; '.join(f'{k}: {v}' for k, v in why.items())}); no channel row is measured")
     else:
         note = (f"{model_name}: channel {level:g}: {len(chains)} chain(s) cut; the layers they touch keep "
                 f"{after}/{before} weights ({after / before:.3f} of them, asked {1 - level:.3f})")
