@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..records import ResultRow
 from . import fmt
 from .fmt import as_float
-from .tables import Group, _quality, is_baseline, is_measured, series_label, series_key
+from .tables import Group, _quality, _speedup_best, is_baseline, is_measured, series_key, series_label
 
 #: methods whose rows are sparse weights run by our sparse kernels (the other side of the comparison)
 SPARSE_METHODS = ("unstructured", "block", "nm")
@@ -61,8 +61,8 @@ def comparison_rows(group: Group) -> list[tuple[float, list[ResultRow]]]:
     return out
 
 
-HEADERS = ("level", "variant", "verdict", "p50 ms [95 % CI]", "speedup vs dense [CI]", "accuracy / top-1",
-           "parameters (of dense)")
+HEADERS = ("level", "variant", "verdict", "p50 ms [95 % CI]", "speedup vs dense [CI]", "speedup vs best dense [CI]",
+           "accuracy / top-1", "parameters (of dense)")
 
 
 def cells(row: ResultRow, group: Group, level: float) -> list[str]:
@@ -77,6 +77,7 @@ def cells(row: ResultRow, group: Group, level: float) -> list[str]:
     return [fmt.pct(level, 0), series_label(series_key(row)), row.verdict,
             fmt.with_ci(row.latency_p50_ms, row.p50_ci) if measured else fmt.NA,
             fmt.speedup_ci(group.speedup(row), group.speedup_ci(row)) if measured else fmt.NA,
+            _speedup_best(row, group) if measured else fmt.NA,
             _quality(row, group) if measured else fmt.NA, param_text]
 
 
