@@ -150,3 +150,36 @@ def test_plan_has_no_channel_row_for_a_model_that_cannot_be_cut():
     jobs = plan_jobs(cfg, load_models(cfg))
     assert [j.variant.method for j in jobs] == ["dense"]
     assert any("no channel row is measured" in n for n in jobs[0].variant.notes)
+
+
+def test_plan_asis_with_and_without_a_dense_reference(tmp_path):
+    import shutil
+
+    from harness.bench import load_models, plan_jobs
+    from harness.config import parse_config
+
+    path, eval_path = zoo.materialize("digits-mlp")
+    pruned = make_variant("digits-mlp", path, Method("nm", (2, 4)), 0.5, tmp_path / "v")
+    shutil.copy(pruned.onnx_path, tmp_path / "pruned.onnx")
+    shutil.copy(path, tmp_path / "dense.onnx")
+    model = {"name": "mine", "path": "pruned.onnx", "eval": str(eval_path), "methods": ["as-is"]}
+
+    def plan(**extra):
+        cfg = parse_config({"compare": {"peers": []}, "models": [{**model, **extra}]}, base=tmp_path)
+        return plan_jobs(cfg, load_models(cfg))
+
+    dense, asis = plan(dense="dense.onnx")
+    assert not dense.force_dense and dense.variant.sha256 != asis.variant.sha256
+    assert "the dense row is" in dense.variant.notes[0] and asis.variant.block_str == "2:4"
+    dense, asis = plan()
+    assert dense.force_dense and dense.variant.sha256 == make_variant("mine", tmp_path / "pruned.onnx", None, 0,
+                                                                      tmp_path / "v").sha256
+    assert "no dense model given" in dense.variant.notes[0]
+    with pytest.raises(HarnessError, match="does not exist"):
+        plan(dense="missing.onnx")
+    other = onnx.load(str(path))
+    other.graph.input[0].name = "other"
+    other.graph.node[0].input[0] = "other"
+    onnx.save(other, tmp_path / "other.onnx")
+    with pytest.raises(HarnessError, match="other inputs or outputs"):
+        plan(dense="other.onnx")
