@@ -183,3 +183,20 @@ def test_plan_asis_with_and_without_a_dense_reference(tmp_path):
     onnx.save(other, tmp_path / "other.onnx")
     with pytest.raises(HarnessError, match="other inputs or outputs"):
         plan(dense="other.onnx")
+
+
+def test_channel_cuts_through_a_reshape_after_a_global_pool(tmp_path):
+    """PyTorch's ``x.view(x.size(0), -1)`` after the pool: a Reshape to [N, -1] keeps one feature per channel."""
+    path, eval_path = zoo.materialize("digits-cnn")
+    model = onnx.load(str(path))
+    flat = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flat.op_type, flat.input[:] = "Reshape", [flat.input[0], "flat_shape"]
+    del flat.attribute[:]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat_shape"))
+    onnx.save(model, tmp_path / "reshape.onnx")
+    v = make_channel_variant("cnn", tmp_path / "reshape.onnx", 0.5, tmp_path)
+    w = _weights(v.onnx_path)
+    assert w["fc.weight"].shape == (10, w["pwconv.weight"].shape[0]) and w["pwconv.weight"].shape[0] < 64
+    data = np.load(eval_path)
+    out, _ = reference_outputs(v.onnx_path, {"x": data["x"][:8]}, 8)
+    assert out.shape == (8, 10)

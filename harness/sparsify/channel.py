@@ -9,7 +9,7 @@ A *chain* is a producer layer (Gemm, MatMul with a 2-D weight, Conv with ``group
 one consumer layer of those kinds (as its data input) through per-channel operations only: a constant bias or scale
 (``Add``/``Mul``/``Sub``/``Div`` with a constant broadcast along the channel), ``BatchNormalization``, elementwise
 activations, pooling, depthwise convs (one filter per channel: their filters go with the channels and their
-``group`` follows), and ``Flatten`` after a global pool. Anything else (a tensor used twice, a ``Reshape``, a grouped
+``group`` follows), and ``Flatten`` (or ``Reshape`` to ``[N, -1]``) after a global pool. Anything else (a tensor used twice, a ``Reshape``, a grouped
 conv, a residual ``Add``) cannot be cut safely: that layer is left as it is and its record says why. The model's inputs and outputs keep their shapes (the last layer never loses outputs).
 
 Level semantics: ``channel`` at level ``s`` keeps a number of units per chain (one fraction of every chain's units)
@@ -210,6 +210,13 @@ def find_chains(model) -> tuple[list[Chain], dict[str, str]]:
             if op == "Flatten" and conv and collapsed and (_attr(nxt, "axis", 1) == 1):
                 rank, tensor = 2, nxt.output[0]
                 continue
+            if op == "Reshape" and conv and collapsed and rank == 4 and idx == 0 and nxt.input[1] in inits:
+                from onnx import numpy_helper
+
+                shape = numpy_helper.to_array(inits[nxt.input[1]]).tolist()
+                if len(shape) == 2 and shape[1] == -1 and shape[0] != -1:  # [N, C, 1, 1] -> [N, -1]: one per channel
+                    rank, tensor = 2, nxt.output[0]
+                    continue
             reason = f"its output goes through {op}, which channels cannot be cut through"
             break
         if found is None:
