@@ -9,8 +9,9 @@ A *chain* is a producer layer (Gemm, MatMul with a 2-D weight, Conv with ``group
 one consumer layer of those kinds (as its data input) through per-channel operations only: a constant bias or scale
 (``Add``/``Mul``/``Sub``/``Div`` with a constant broadcast along the channel), ``BatchNormalization``, elementwise
 activations, pooling, depthwise convs (one filter per channel: their filters go with the channels and their
-``group`` follows), and ``Flatten`` (or ``Reshape`` to ``[N, -1]``) after a global pool. Anything else (a tensor used twice, a ``Reshape``, a grouped
-conv, a residual ``Add``) cannot be cut safely: that layer is left as it is and its record says why. The model's inputs and outputs keep their shapes (the last layer never loses outputs).
+``group`` follows), and ``Flatten`` (or ``Reshape`` to ``[N, -1]``) after a global pool. Anything else (a tensor
+used twice, any other ``Reshape``, a grouped conv, a residual ``Add``) cannot be cut safely: that layer is left as it
+is and its record says why. The model's inputs and outputs keep their shapes (the last layer never loses outputs).
 
 Level semantics: ``channel`` at level ``s`` keeps a number of units per chain (one fraction of every chain's units)
 chosen so that the parameter count (weights) of the layers it touches is as close as possible to ``(1 - s)`` of their
