@@ -23,6 +23,8 @@ from .paths import cache_dir
 from .peers import PEERS, TVM_DEFAULT, Peer
 from .records import BuildRecord, DeviceMeta, EnergyRecord, ResultRow, join_layers
 from .sparsify import Variant, make_variant
+from .sparsify.asis import make_asis_variant
+from .sparsify.channel import make_channel_variant
 
 ENERGY_NOT_MEASURED = "unavailable: not measured (the variant did not run)"
 
@@ -39,6 +41,8 @@ class Job:
     batch: int
     peer: Peer | None = None
     kernels: str | None = None  # None: the run's kernels (``--kernels``); TVM_DEFAULT for the baseline row
+    # the dense row of an as-is model without a dense reference: its own weights through our dense kernel, forced
+    force_dense: bool = False
 
     @property
     def baseline(self) -> str | None:
@@ -107,22 +111,64 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
     sp = cfg.sparsify
     jobs = []
     for spec, model in zip(cfg.models, models):
-        variants = [make_variant(model.name, model.path, None, 0.0, variant_dir)]
+        methods = sp.methods if spec.methods is None else spec.methods
+        dense, force_dense = _dense_variant(spec, model, methods, variant_dir)
+        variants = [dense]
         model_levels = sp.levels if spec.levels is None else spec.levels
-        for method in sp.methods if spec.methods is None else spec.methods:
+        for method in methods:
+            if method.name == "as-is":
+                variants.append(make_asis_variant(model.name, model.path))
+                continue
             levels = model_levels if method.fixed_level is None else (method.fixed_level,)
             for level in levels:
-                if level > 0:
+                if level > 0 and method.name == "channel":
+                    cut = make_channel_variant(model.name, model.path, level, variant_dir,
+                                               prune_first=_pick(spec.prune_first, sp.prune_first))
+                    if cut.params is None:  # nothing could be cut: no row (it would be the dense model), a note
+                        variants[0] = replace(variants[0], notes=tuple(dict.fromkeys(variants[0].notes + cut.notes)))
+                    else:
+                        variants.append(cut)
+                elif level > 0:
                     variants.append(make_variant(model.name, model.path, method, level, variant_dir,
                                                  prune_first=_pick(spec.prune_first, sp.prune_first),
                                                  prune_last=_pick(spec.prune_last, sp.prune_last)))
         names, _ = baselines(cfg)
         for batch in spec.batches:
-            jobs.append(Job(model, variants[0], batch))
+            jobs.append(Job(model, variants[0], batch, force_dense=force_dense))
             jobs.extend(Job(model, variants[0], batch, PEERS.get(name), None if name in PEERS else name)
                         for name in names)
             jobs.extend(Job(model, v, batch) for v in variants[1:])
     return jobs
+
+
+def _dense_variant(spec, model: LoadedModel, methods, variant_dir: Path) -> tuple[Variant, bool]:
+    """(the group's dense variant, whether our dense kernel must be forced on it). For an ``as-is`` model: the
+    ``dense = "path.onnx"`` model when given (same inputs and outputs), else the as-is model itself, compiled with
+    our dense kernel forced (same math, zeros included): the note says which reference the speedups use."""
+    if not any(m.name == "as-is" for m in methods):
+        return make_variant(model.name, model.path, None, 0.0, variant_dir), False
+    if spec.dense_path is None:
+        variant = make_variant(model.name, model.path, None, 0.0, variant_dir)
+        note = (f"{model.name}: as-is: no dense model given (dense = \"path.onnx\" in its [[models]]): the dense row "
+                f"is the same weights, zeros included, through our dense kernel; its speedups are against that")
+        return replace(variant, notes=(note,)), True
+    if not spec.dense_path.is_file():
+        raise HarnessError(f"model {model.name}: dense model {spec.dense_path} does not exist; give the dense ONNX "
+                           f"the as-is model was pruned from, or drop dense")
+    import onnx
+
+    def io(path):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        return [i.name for i in graph.input if i.name not in inits], len(graph.output)
+
+    if io(spec.dense_path) != io(model.path):
+        raise HarnessError(f"model {model.name}: dense model {spec.dense_path} has other inputs or outputs than "
+                           f"{model.path} {io(spec.dense_path)} vs {io(model.path)}; give the dense model it was "
+                           f"pruned from")
+    variant = make_variant(model.name, spec.dense_path, None, 0.0, variant_dir)
+    note = f"{model.name}: as-is: the dense row is {spec.dense_path} (dense = ...); its speedups are against that"
+    return replace(variant, notes=(note,)), False
 
 
 def _groups(jobs: list[Job]) -> list[list[Job]]:
@@ -249,6 +295,8 @@ class Benchmark:
             check_batch_memory(transport.device, probe, [(model, batch, input_bytes(j.model.shapes_for_batch(batch)))
                                                          for (model, batch), j in sizes.items()])
             self.preflight_done = True
+            for note in dict.fromkeys(n for j in todo for n in j.variant.notes):
+                self.note(run_id, note)
             for name in baselines(self.cfg)[1]:
                 self.note(run_id, f"peer {name}: not run: it runs on the CPU and this run measures the "
                                   f"{self.accelerator} accelerator (its dense baseline is {TVM_DEFAULT}, TVM's default "
@@ -406,17 +454,26 @@ class Benchmark:
 
         if self.prebuilt is not None:
             artifact, entry, error = self.prebuilt.lookup(job.key, job.variant.sha256)
-            row = replace(row, layers=join_layers(job.variant.layers, entry.get("layers") or ()),
-                          overhead={"compile_cached": True}, error=error)
+            layers = join_layers(job.variant.layers, entry.get("layers") or ())
+            if job.force_dense and error is None and any(l.kernel != "dense" for l in layers):
+                error = ("run: the artifacts do not run our dense kernel on every layer of the as-is model, which "
+                         "its dense row needs; give dense = \"path.onnx\" for a dense reference")
+            row = replace(row, layers=_layer_extras(job.variant, layers), overhead={"compile_cached": True},
+                          error=error)
             return row.with_build(self.prebuilt.build_record(entry)), artifact
         if self.progress:
             self.progress.step(f"compile {job.key}")
         req = self.request(job)
         if selection is not None:
             req = replace(req, plan=selection.plan_for(req))
+        if job.force_dense:
+            if req.plan is None or not req.plan.layers:
+                return replace(row, error="compile: cannot force our dense kernel on the as-is model (no kernel plan "
+                                          "for this build); give dense = \"path.onnx\" for a dense reference"), None
+            req = replace(req, plan=_dense_plan(req.plan))
         with self.compile_lock:
             built = build(req, cache)
-        row = replace(row, layers=join_layers(job.variant.layers, built.layers),
+        row = replace(row, layers=_layer_extras(job.variant, join_layers(job.variant.layers, built.layers)),
                       overhead={"compile_cached": built.cached}, error=built.error)
         return row.with_build(BuildRecord.from_result(built)), built.artifact
 
@@ -436,3 +493,18 @@ class Benchmark:
         return self._reference[key]
 
 
+def _dense_plan(plan):
+    """``plan`` with our dense kernel on every layer (the dense row of an as-is model without a dense reference)."""
+    from .compile.plan import LayerPlan
+
+    why = "dense kernel forced: the dense reference of an as-is model (its own weights, zeros included)"
+    return replace(plan, layers=tuple(LayerPlan(layer.key, layer.shape, layer.batch, "dense", ("dense", None), "rule",
+                                                rule=why) for layer in plan.layers))
+
+
+def _layer_extras(variant: Variant, layers):
+    """The per-layer findings of as-is (``pattern``) and channel pruning (``detail``) added to the layer records."""
+    found = {l.weight: {k: v for k, v in (("pattern", l.pattern), ("detail", l.detail)) if v}
+             for l in variant.layers}
+    return tuple(replace(rec, extra={**rec.extra, **found.get(rec.weight, {})}) if found.get(rec.weight) else rec
+                 for rec in layers)

@@ -20,14 +20,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-METHODS = ("unstructured", "block", "nm")
+METHODS = ("unstructured", "block", "nm", "channel", "as-is")
 DEFAULT_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
 class Method:
     """A pruning method on the [N, K] weight: ``unstructured``; ``block`` with an r×c block (rows × cols);
-    ``nm``: N:M structured, at most n nonzeros in every group of m consecutive inputs (``block`` = (n, m))."""
+    ``nm``: N:M structured, at most n nonzeros in every group of m consecutive inputs (``block`` = (n, m));
+    ``channel``: whole output channels / hidden units removed (a smaller dense model, ``sparsify/channel.py``);
+    ``as-is``: the model's own weights, not pruned further (its sparsity and pattern measured, ``sparsify/asis.py``)."""
 
     name: str
     block: tuple[int, int] = (1, 1)
@@ -76,6 +78,8 @@ class ModelSpec:
     # this model's own sparsity levels and methods (None: [sparsify].levels / methods), e.g. a small CNN at [0, 0.5]
     levels: tuple[float, ...] | None = None
     methods: tuple[Method, ...] | None = None
+    # the dense model an already-pruned one (method "as-is") is compared with; None: none given
+    dense_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -215,9 +219,9 @@ _NM_RE = re.compile(r"^nm:(\d+):(\d+)$")
 
 
 def parse_method(text: str, where: str = "sparsify.methods") -> Method:
-    """``unstructured``, ``block:RxC`` or ``nm:N:M``."""
-    if text == "unstructured":
-        return Method("unstructured")
+    """``unstructured``, ``block:RxC``, ``nm:N:M``, ``channel`` or ``as-is``."""
+    if text in ("unstructured", "channel", "as-is"):
+        return Method(text)
     match = _BLOCK_RE.match(text)
     if match:
         r, c = int(match.group(1)), int(match.group(2))
@@ -231,7 +235,8 @@ def parse_method(text: str, where: str = "sparsify.methods") -> Method:
             raise HarnessError(f"{where}: N:M pattern {text!r} needs 0 < N < M, e.g. nm:2:4")
         return Method("nm", (n, m))
     raise HarnessError(
-        f"{where}: unknown method {text!r}; known: unstructured, block:RxC (e.g. block:16x1), nm:N:M (e.g. nm:2:4)"
+        f"{where}: unknown method {text!r}; known: unstructured, block:RxC (e.g. block:16x1), nm:N:M (e.g. nm:2:4), "
+        "channel, as-is"
     )
 
 
@@ -349,7 +354,7 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
                            f"got {table!r}")
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
     _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
-                        "levels", "methods"}, where)
+                        "levels", "methods", "dense"}, where)
     prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
     for key, value in prune.items():
         if not isinstance(value, bool):
@@ -367,9 +372,11 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
     too_big = [b for b in batches if b > MAX_BATCH]
     if too_big:
         raise HarnessError(f"{where}: batch {too_big[0]} is above the limit of {MAX_BATCH}; use a smaller batch")
-    for key in ("name", "path", "eval"):
+    for key in ("name", "path", "eval", "dense"):
         if key in table and (not isinstance(table[key], str) or not table[key]):
             raise HarnessError(f"{where}: {key} must be a non-empty string, got {table[key]!r}")
+    if "dense" in table:
+        extra["dense_path"] = (base / table["dense"]).resolve()
     path = table.get("path")
     if path is None:
         from .models import zoo
@@ -488,6 +495,11 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     if not models:
         raise HarnessError("config has no [[models]]; add one, e.g. [[models]] name = \"digits-mlp\"")
     specs = tuple(_parse_model(m, base, i) for i, m in enumerate(models))
+    for spec in specs:
+        if spec.dense_path is not None and not any(
+                m.name == "as-is" for m in (sparsify.methods if spec.methods is None else spec.methods)):
+            raise HarnessError(f"model {spec.name}: dense = ... names the dense reference of an already-pruned model, "
+                               f"used with methods = [\"as-is\"]; add \"as-is\" to its methods or drop dense")
     return RunConfig(
         name=name,
         target=target,

@@ -114,6 +114,45 @@ def _best_dense_section(groups: Sequence[Group]) -> list[str]:
     return out
 
 
+def _decision_section(groups: Sequence[Group]) -> list[str]:
+    """Channel pruning vs sparse kernels at the same level, per model, batch and device: the decision table."""
+    from .decision import HEADERS, cells, comparison_rows, verdict_line
+
+    found = [(g, comparison_rows(g)) for g in groups]
+    found = [(g, levels) for g, levels in found if levels]
+    if not found:
+        return []
+    out = ['<section id="channel-vs-sparse">', "<h2>Channel pruning vs sparse kernels</h2>",
+           '<p class="note">The same parameter count two ways: a channel-pruned model (smaller, dense) against the '
+           "sparse variants with our kernels at the same level. Speedup vs this group's dense build; parameters = "
+           "weights of the prunable layers (a sparse variant's nonzeros).</p>"]
+    for group, levels in found:
+        out += [f"<h3>{_e(group.title)}</h3>", '<div class="scroll"><table class="decision"><thead><tr>',
+                *(f"<th>{_e(h)}</th>" for h in HEADERS), "</tr></thead><tbody>"]
+        for level, rows in levels:
+            for row in rows:
+                texts = cells(row, group, level)
+                classes = ["", "", row.verdict] + ["num"] * (len(texts) - 3)
+                out.append("<tr>" + "".join(f'<td class="{_e(c)}">{_e(t)}</td>' if c else f"<td>{_e(t)}</td>"
+                                            for c, t in zip(classes, texts)) + "</tr>")
+        out.append("</tbody></table></div><ul>")
+        out += [f"<li>{_e(verdict_line(group, level, rows))}</li>" for level, rows in levels]
+        out.append("</ul>")
+    out.append("</section>")
+    return out
+
+
+def _glossary_section() -> list[str]:
+    """What the product measures and what it does not."""
+    from .decision import GLOSSARY
+
+    out = ['<section id="glossary">', "<h2>What is measured</h2>", "<dl>"]
+    for term, text in GLOSSARY:
+        out += [f"<dt><b>{_e(term)}</b></dt>", f"<dd>{_e(text)}</dd>"]
+    out += ["</dl>", "</section>"]
+    return out
+
+
 def _notes_section(notes: Sequence[str]) -> list[str]:
     """What the run could not do without it being a row's error (a peer runtime missing on the device)."""
     if not notes:
@@ -150,6 +189,12 @@ def _why(layer: LayerRecord) -> str:
     return "left to TVM's default schedule"
 
 
+def _found(layer: LayerRecord) -> str:
+    """What as-is found in the layer (``16x1 blocks``, ``2:4``, ``unstructured``) or what channel pruning did."""
+    extra = layer.extra or {}
+    return "; ".join(str(extra[k]) for k in ("pattern", "detail") if extra.get(k)) or "—"
+
+
 def _kernel(layer: LayerRecord) -> str:
     """Which kernel ran the layer: ours (``bsr 16×1``, ``dense``, ``nm 2:4``) or TVM's own lowering, never blank."""
     if layer.kernel in (None, "default"):
@@ -182,7 +227,8 @@ def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
             out.append('<p class="note">No per-layer data.</p>')
         else:
             out.append('<div class="scroll"><table><thead><tr><th>layer</th><th>operator</th><th>shape</th>'
-                       "<th>sparsity target</th><th>sparsity actual</th><th>kernel</th><th>why</th></tr></thead><tbody>")
+                       "<th>sparsity target</th><th>sparsity actual</th><th>pattern found / pruning</th><th>kernel</th>"
+                       "<th>why</th></tr></thead><tbody>")
             for layer in layers:
                 weight = f' title="weight {_e(layer.weight)}"' if layer.weight else ""
                 out.append("<tr>" + "".join([
@@ -191,6 +237,7 @@ def _layers_section(rows: Sequence[ResultRow]) -> list[str]:
                     f'<td class="num">{_e("×".join(map(str, layer.shape)) if layer.shape else fmt.NA)}</td>',
                     f'<td class="num">{_e(fmt.pct(layer.sparsity_target))}</td>',
                     f'<td class="num">{_e(fmt.pct(layer.sparsity_actual))}</td>',
+                    f"<td>{_e(_found(layer))}</td>",
                     f"<td>{_e(_kernel(layer))}</td>",
                     f"<td>{_e(_why(layer))}</td>"]) + "</tr>")
             out.append("</tbody></table></div>")
@@ -243,8 +290,10 @@ def render_html(groups: Sequence[Group], figures: Sequence[Sequence[tuple[PlotSp
     parts += _verdict_section(rows)
     parts += _notes_section(notes)
     parts += _results_section(groups)
+    parts += _decision_section(groups)
     parts += _plots_section(groups, figures)
     parts += _layers_section(rows)
+    parts += _glossary_section()
     parts += _environment_section(run_info)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -108,7 +108,7 @@ def _legend(ax, any_invalid: bool) -> None:
 
 
 def _sparsity_axis(ax) -> None:
-    ax.set_xlabel("sparsity (achieved fraction of zero weights)")
+    ax.set_xlabel("sparsity (achieved fraction of weights zero, or removed by channel pruning)")
     ax.set_xlim(-0.02, 1.0)
     ax.grid(True, alpha=0.3)
 

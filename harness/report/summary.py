@@ -70,10 +70,33 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
               "variant p50; intervals from the two medians' intervals (both hold: >= 90 %), 'no significant difference' "
               "when one contains 1. n/a = not available. Accuracy where the model has labels, else top-1 agreement "
               "with dense.", ""]
+    lines += _decision_lines(groups)
     best = [best_dense_lines(g) for g in groups]
     if any(best):
         lines += ["## Against the best dense runtime", ""]
         for first, *flagged in (ls for ls in best if ls):
             lines += [f"- {_cell(first)}", *(f"  - {_cell(line)}" for line in flagged)]
         lines.append("")
+    from .decision import GLOSSARY
+
+    lines += ["## What is measured", "", *(f"- **{term}**: {_cell(text)}" for term, text in GLOSSARY), ""]
     return "\n".join(lines)
+
+
+def _decision_lines(groups: Sequence[Group]) -> list[str]:
+    """The channel vs sparse decision table, per group that has both at one level (none: no lines)."""
+    from .decision import HEADERS, cells, comparison_rows, verdict_line
+
+    out: list[str] = []
+    for group in groups:
+        levels = comparison_rows(group)
+        if not levels:
+            continue
+        if not out:
+            out += ["## Channel pruning vs sparse kernels", ""]
+        out += [f"### {_cell(group.title)}", "", "| " + " | ".join(HEADERS) + " |",
+                "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(HEADERS) - 3)) + "|"]
+        out += ["| " + " | ".join(_cell(t) for t in cells(row, group, level)) + " |"
+                for level, rows in levels for row in rows]
+        out += ["", *(f"- {_cell(verdict_line(group, level, rows))}" for level, rows in levels), ""]
+    return out

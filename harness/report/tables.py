@@ -18,7 +18,8 @@ from .fmt import as_float
 
 #: Display order of methods: the dense baseline first, then the peer runtimes (dense too), unknown methods last
 #: (alphabetically).
-METHOD_ORDER = {"dense": 0, **{peer: 1 for peer in sorted(PEER_METHODS)}, "unstructured": 2, "block": 3}
+METHOD_ORDER = {"dense": 0, **{peer: 1 for peer in sorted(PEER_METHODS)}, "unstructured": 2, "block": 3,
+                "nm": 4, "channel": 5, "as-is": 6}
 
 
 def _none_last(value: object) -> tuple[bool, object]:

@@ -27,6 +27,10 @@ class LayerSparsity:
     sparsity_actual: float
     pruned: bool  # False for first/last layers excluded by the config
     node_op: str | None = None  # the ONNX operator as the model has it: "Gemm", "MatMul", "Conv 3×3 /2", ...
+    # what a layer-level method did or found, for the layer's record (``extra``): ``pattern`` is the weight pattern
+    # an as-is model has (``16x1 blocks``, ``2:4``, ...), ``detail`` what channel pruning did to the layer
+    pattern: str | None = None
+    detail: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,16 +41,23 @@ class Variant:
     """model + method + level + block shape, with the pruned ONNX on disk and what pruning reached."""
 
     model: str
-    method: str  # "dense", "unstructured", "block" or "nm"
+    method: str  # "dense", "unstructured", "block", "nm", "channel" or "as-is"
     sparsity_target: float
     block: tuple[int, int] | None
     onnx_path: Path
     sha256: str  # of the variant's ONNX bytes
     layers: tuple[LayerSparsity, ...] = field(default=())
+    notes: tuple[str, ...] = ()  # lines for the run's notes (what channel pruning reached, as-is's reference, ...)
+    params: tuple[int, int] | None = None  # channel: (weights after, before) over the layers it touched
 
     @property
     def block_str(self) -> str:
-        """``16x1`` (block), ``2:4`` (N:M) or ``""``: the ``block`` CSV column."""
+        """``16x1`` (block), ``2:4`` (N:M) or ``""``: the ``block`` CSV column. An as-is model: the patterns found in
+        its layers (``16x1``, ``2:4``, ``unstructured``; several joined by ``+``)."""
+        if self.method == "as-is":
+            found = dict.fromkeys(l.pattern.replace(" blocks", "") for l in self.layers
+                                  if l.pattern and l.pattern != "dense")
+            return "+".join(found)
         if not self.block:
             return ""
         return f"{self.block[0]}:{self.block[1]}" if self.method == "nm" else f"{self.block[0]}x{self.block[1]}"
