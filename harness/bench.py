@@ -493,13 +493,16 @@ class Benchmark:
         return self._reference[key]
 
 
+#: the layer records' rule for the dense row of an as-is model without a dense reference
+FORCED_DENSE = "dense kernel forced: the dense reference of an as-is model (its own weights, zeros included)"
+
+
 def _dense_plan(plan):
     """``plan`` with our dense kernel on every layer (the dense row of an as-is model without a dense reference)."""
     from .compile.plan import LayerPlan
 
-    why = "dense kernel forced: the dense reference of an as-is model (its own weights, zeros included)"
     return replace(plan, layers=tuple(LayerPlan(layer.key, layer.shape, layer.batch, "dense", ("dense", None), "rule",
-                                                rule=why) for layer in plan.layers))
+                                                rule=FORCED_DENSE) for layer in plan.layers))
 
 
 def _layer_extras(variant: Variant, layers):

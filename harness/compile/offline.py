@@ -50,7 +50,9 @@ def compile_config(cfg, out: Path, *, accelerators: tuple[str, ...], kernels: st
     (each named on stderr and in the manifest)."""
     from ..bench import accelerator_target, config_hash, load_models, plan_jobs
     from ..config import load_target
+    from ..bench import FORCED_DENSE
     from .cache import ArtifactCache, BuildRequest
+    from .plan import forced_plan
     from .toolchains import find_toolchain
     from .tvm_adapter import build, tvm_version
 
@@ -71,6 +73,8 @@ def compile_config(cfg, out: Path, *, accelerators: tuple[str, ...], kernels: st
         for i, job in enumerate(jobs, 1):
             req = BuildRequest(job.variant.onnx_path, job.variant.sha256, job.model.shapes_for_batch(job.batch),
                                targets[acc], job.kernels or kernels, profile.toolchain)
+            if job.force_dense:  # the dense row of an as-is model: its own weights through our dense kernel
+                req = replace(req, plan=forced_plan(req, lambda _w: ("dense", None), FORCED_DENSE, device=OFFLINE))
             built = build(req, cache)
             entry = {"variant_sha256": job.variant.sha256, "build": asdict(BuildRecord.from_result(built)),
                      "layers": [dict(layer) for layer in built.layers], "notes": list(built.notes)}

@@ -118,3 +118,18 @@ def describe_device(device: str, fingerprint: dict) -> str:
         parts.append(f"{threads} threads")
     inside = ", ".join(str(p) for p in parts if p)
     return f"{device} ({inside})" if inside else device
+
+
+def forced_plan(req, pick, why: str, device: str = "") -> KernelPlan:
+    """A plan for ``req``'s layers (a ``BuildRequest``) where ``pick(weight)`` names each layer's candidate, recorded
+    as a rule saying ``why``: for builds whose kernels are decided by what they are for, not by timing (the dense
+    reference of an as-is model, the GPU check's own kernels)."""
+    from schedules.kernels import label
+
+    from .tvm_adapter import survey
+
+    layers = []
+    for key, weight, m, _, _ in survey(req):
+        candidate = pick(weight)
+        layers.append(LayerPlan(key, tuple(weight.shape), m, label(candidate), candidate, "rule", rule=why))
+    return KernelPlan(device=device, layers=tuple(layers))

@@ -69,20 +69,13 @@ def ours_plan(req, variant):
     """A plan giving every layer *our* CUDA kernel for the variant's pattern (dense, BSR 16x1, BSR 1x1 for
     unstructured): the check times our kernels against TVM's default build, so the rule (which, on CUDA, leaves every
     layer to TVM: schedules/cuda_measurements.json) must not decide here."""
-    from harness.compile.plan import KernelPlan, LayerPlan
-    from harness.compile.tvm_adapter import survey
-    from schedules.kernels import label
+    from harness.compile.plan import forced_plan
 
-    if variant.method == "dense":
-        candidate = ("dense", None)
-    else:
-        candidate = ("bsr", tuple(variant.block) if variant.block else (1, 1))
-    layers = []
-    for key, weight, m, _, _ in survey(req):
-        pick = candidate if np.count_nonzero(weight) < weight.size else ("dense", None)
-        layers.append(LayerPlan(key, tuple(weight.shape), m, label(pick), pick, "rule",
-                                rule="gpucheck: our kernel, timed against TVM's default build"))
-    return KernelPlan(device="gpucheck", layers=tuple(layers))
+    sparse = ("dense", None) if variant.method == "dense" else \
+        ("bsr", tuple(variant.block) if variant.block else (1, 1))
+    return forced_plan(req, lambda w: sparse if np.count_nonzero(w) < w.size else ("dense", None),
+                       "gpucheck: our kernel, timed against TVM's default build", device="gpucheck")
+
 
 def _ffn_seed() -> int:
     from ..models.zoo import FFN_SEED
