@@ -113,7 +113,7 @@ def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: st
         store = ResultStore(db)
         bench = Benchmark(cfg, store, kernels=kernels, device=device, artifacts=artifacts)
         models = load_models(cfg)
-        jobs = plan_jobs(cfg, models)
+        jobs = plan_jobs(cfg, models, log=lambda msg: print(msg, file=sys.stderr))
         run_id = bench.start(resume)
         print(f"run {run_id}: {len(jobs)} variant x batch jobs on target {cfg.target} -> {db}", file=sys.stderr)
         with Progress(progress) as bar:

@@ -76,6 +76,7 @@ class ModelSpec:
     # this model's own sparsity levels and methods (None: [sparsify].levels / methods), e.g. a small CNN at [0, 0.5]
     levels: tuple[float, ...] | None = None
     methods: tuple[Method, ...] | None = None
+    finetune: bool | None = None  # False: this model's variants are not fine-tuned ([sparsify.finetune] or not)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,30 @@ class MeasureConfig:
     meter_command: tuple[str, ...] = ()
 
 
+FINETUNE_SCHEDULES = ("gradual", "oneshot")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """``[sparsify.finetune]``: recover the accuracy of every sparse variant by training (models the zoo can train).
+
+    ``gradual``: Zhu & Gupta's cubic schedule from 0 to the variant's sparsity over ``steps`` pruning steps between
+    the fractions ``start`` and ``end`` of the training, masks recomputed with the variant's method at each step and
+    held fixed between them; ``oneshot``: pruned once, then fine-tuned with the mask fixed."""
+
+    epochs: int = 6
+    lr: float = 2e-3
+    schedule: str = "gradual"
+    start: float = 0.0
+    end: float = 0.5
+    steps: int = 8
+    batch: int = 64
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
 @dataclass(frozen=True)
 class SparsifyConfig:
     """Which variants to make: every method at every level (level 0 is the single dense baseline)."""
@@ -121,6 +146,7 @@ class SparsifyConfig:
     methods: tuple[Method, ...] = (Method("unstructured"), Method("block", (16, 1)))
     prune_first: bool = True
     prune_last: bool = False
+    finetune: FinetuneConfig | None = None  # None: one-shot pruning, no recovery
 
 
 #: ``[run] accelerator`` / ``--accelerator``: the role of the profile's target that compiles and runs the models
@@ -349,8 +375,8 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
                            f"got {table!r}")
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
     _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
-                        "levels", "methods"}, where)
-    prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
+                        "levels", "methods", "finetune"}, where)
+    prune = {k: table[k] for k in ("prune_first", "prune_last", "finetune") if k in table}
     for key, value in prune.items():
         if not isinstance(value, bool):
             raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
@@ -414,6 +440,78 @@ def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
     return tuple(parse_method(m) for m in value)
 
 
+def model_finetune(sparsify: SparsifyConfig, spec: ModelSpec) -> FinetuneConfig | None:
+    """How ``spec``'s sparse variants are fine-tuned: ``[sparsify.finetune]`` unless the model says
+    ``finetune = false``; a model's ``finetune = true`` without the table takes the default settings."""
+    if spec.finetune is False:
+        return None
+    if spec.finetune is True and sparsify.finetune is None:
+        return FinetuneConfig()
+    return sparsify.finetune
+
+
+def _check_finetune(sparsify: SparsifyConfig, specs: tuple[ModelSpec, ...]) -> None:
+    """Fine-tuning asked for a model sparsebench cannot train: one line naming it and the fix, before anything is
+    compiled."""
+    from .sparsify.finetune import training_path
+
+    for index, spec in enumerate(specs):
+        if model_finetune(sparsify, spec) is None:
+            continue
+        why = training_path(spec.name, spec.path)
+        if why:
+            asked = "[sparsify.finetune] is on" if spec.finetune is None else "finetune = true"
+            raise HarnessError(f"models[{index}] ({spec.name}): {asked} but {spec.name} cannot be fine-tuned: {why}; "
+                               f"set finetune = false in its [[models]] table (its variants stay one-shot) or "
+                               f"remove [sparsify.finetune]")
+
+
+def _parse_finetune(table: Any) -> FinetuneConfig | None:
+    """``[sparsify.finetune]``: its presence turns recovery on (``enabled = false`` keeps the table but turns it
+    off); every key checked, one error naming the key and a valid value."""
+    where = "[sparsify.finetune]"
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise HarnessError(f"{where} must be a table, e.g. [sparsify.finetune] epochs = 6; got {table!r}")
+    _check_keys(table, {"enabled", *FinetuneConfig.__dataclass_fields__}, where)
+    if not _bool(table, "enabled", where, True):
+        return None
+    values: dict[str, Any] = {}
+    for key, (integer, low, high, example) in _FINETUNE_NUMBERS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        ok = _is_int(value) if integer else isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value >= low if key in ("epochs", "start", "end", "seed") else value > low) and \
+            (high is None or value <= high)
+        if not ok:
+            kind = "a whole number" if integer else "a number"
+            bound = f">= {low:g}" if key in ("epochs", "start", "end", "seed") else f"> {low:g}"
+            bound += f" and <= {high:g}" if high is not None else ""
+            raise HarnessError(f"{where}.{key} must be {kind} {bound}, e.g. {key} = {example}; got {value!r}")
+        values[key] = value
+    if "schedule" in table:
+        schedule = table["schedule"]
+        if schedule not in FINETUNE_SCHEDULES:
+            raise HarnessError(f"{where}.schedule must be one of {', '.join(map(repr, FINETUNE_SCHEDULES))}, e.g. "
+                               f"schedule = \"gradual\"; got {schedule!r}")
+        values["schedule"] = schedule
+    cfg = FinetuneConfig(**values)
+    if cfg.end < cfg.start:
+        raise HarnessError(f"{where}: end ({cfg.end:g}) is before start ({cfg.start:g}); both are fractions of the "
+                           "training, e.g. start = 0.0, end = 0.5")
+    return cfg
+
+
+#: [sparsify.finetune] numbers: key -> (integer, lower bound, upper bound, example); epochs/start/end/seed may equal
+#: the lower bound, the others must exceed it
+_FINETUNE_NUMBERS = {
+    "epochs": (True, 0, 1000, 6), "lr": (False, 0, 1, 0.002), "start": (False, 0, 1, 0.0), "end": (False, 0, 1, 0.5),
+    "steps": (True, 0, 10000, 8), "batch": (True, 0, 65536, 64), "seed": (True, 0, None, 0),
+}
+
+
 def _parse_compare(table: Any) -> CompareConfig:
     """``[compare] peers = ["onnxruntime"]``: every name a known peer, each once."""
     from .peers import BASELINES
@@ -449,12 +547,13 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     db = _string(run, "db", "[run]", str(DEFAULT_DB))
 
     sp = _table(data, "sparsify", "[sparsify]", "[sparsify] levels = [0, 0.9]")
-    _check_keys(sp, {"levels", "methods", "prune_first", "prune_last"}, "[sparsify]")
+    _check_keys(sp, {"levels", "methods", "prune_first", "prune_last", "finetune"}, "[sparsify]")
     sparsify = SparsifyConfig(
         levels=_parse_levels(sp.get("levels", list(DEFAULT_LEVELS)), "[sparsify].levels"),
         methods=_parse_methods(sp.get("methods", ["unstructured", "block:16x1"]), "[sparsify].methods"),
         prune_first=_bool(sp, "prune_first", "[sparsify]", True),
         prune_last=_bool(sp, "prune_last", "[sparsify]", False),
+        finetune=_parse_finetune(sp.get("finetune")),
     )
 
     ms = _table(data, "measure", "[measure]", "[measure] min_runs = 30")
@@ -488,6 +587,7 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     if not models:
         raise HarnessError("config has no [[models]]; add one, e.g. [[models]] name = \"digits-mlp\"")
     specs = tuple(_parse_model(m, base, i) for i, m in enumerate(models))
+    _check_finetune(sparsify, specs)
     return RunConfig(
         name=name,
         target=target,
