@@ -50,7 +50,7 @@ class Recovery:
     variant: Variant
     accuracy_oneshot: float
     accuracy: float
-    train_s: float
+    train_s: float  # seconds the training took when it ran (a recovery taken from the cache keeps them)
     record: dict  # the schedule and its settings, per-step sparsities, epochs, samples: the row's recovery record
 
 
@@ -279,7 +279,7 @@ def _train(kind: str, model, method: Method, level: float, cfg: FinetuneConfig, 
     start = time.perf_counter()
     net = _net(kind, model)
     layers = prunable_layers(model)
-    pruned: list[tuple[str, object, callable]] = []  # (weight name, node, back)
+    pruned: list[tuple[str, object]] = []  # (weight name, its node) of the layers the variant prunes
     for index, (node, name) in enumerate(layers):
         skip = (index == 0 and not prune_first) or (index == len(layers) - 1 and not prune_last)
         if not skip:
