@@ -26,7 +26,7 @@ def test_demo_quick_report(tmp_path):
     assert float(dense["accuracy"]) >= 0.95
     # recovered by default ([sparsify.finetune]): every sparse digits row has its one-shot accuracy and training time
     for r in digits:
-        if r["method"] != "dense":
+        if float(r["sparsity_target"]) > 0:  # not the dense runtimes (ours, the peers')
             assert r["accuracy_oneshot"] != "" and float(r["finetune_s"]) > 0, r
     block90 = next(r for r in digits if r["method"] == "block" and float(r["sparsity_target"]) == 0.9)
     assert float(block90["accuracy"]) >= 0.95 > float(block90["accuracy_oneshot"])
