@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ class ModelSpec:
     levels: tuple[float, ...] | None = None
     methods: tuple[Method, ...] | None = None
     finetune: bool | None = None  # False: this model's variants are not fine-tuned ([sparsify.finetune] or not)
+    # the model's own fine-tuning settings over [sparsify.finetune]'s (``finetune = {epochs = 20, lr = 0.003}``)
+    finetune_settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,9 +379,15 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
     _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
                         "levels", "methods", "finetune"}, where)
     prune = {k: table[k] for k in ("prune_first", "prune_last", "finetune") if k in table}
+    if isinstance(prune.get("finetune"), dict):  # finetune = {epochs = 20, ...}: on, with these settings
+        settings = prune["finetune"]
+        values = _finetune_values(settings, f"{where}: finetune")
+        prune["finetune"] = _bool(settings, "enabled", f"{where}: finetune", True)
+        prune["finetune_settings"] = tuple(sorted(values.items()))
     for key, value in prune.items():
-        if not isinstance(value, bool):
-            raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
+        if key != "finetune_settings" and not isinstance(value, bool):
+            why = " or a table of settings, e.g. finetune = {epochs = 20}" if key == "finetune" else ""
+            raise HarnessError(f"{where}: {key} must be true or false{why}, got {value!r}")
     extra = {**prune, **_parse_io(table, where)}
     if "levels" in table:
         extra["levels"] = _parse_levels(table["levels"], f"{where}: levels")
@@ -441,42 +449,47 @@ def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
 
 
 def model_finetune(sparsify: SparsifyConfig, spec: ModelSpec) -> FinetuneConfig | None:
-    """How ``spec``'s sparse variants are fine-tuned: ``[sparsify.finetune]`` unless the model says
-    ``finetune = false``; a model's ``finetune = true`` without the table takes the default settings."""
+    """How ``spec``'s sparse variants are fine-tuned: ``[sparsify.finetune]`` with the model's own settings over it
+    (``finetune = {epochs = 20}``), unless the model says ``finetune = false``; a model's ``finetune = true`` (or
+    table) without ``[sparsify.finetune]`` starts from the default settings."""
     if spec.finetune is False:
         return None
-    if spec.finetune is True and sparsify.finetune is None:
-        return FinetuneConfig()
-    return sparsify.finetune
+    base = sparsify.finetune
+    if base is None:
+        if spec.finetune is None:
+            return None
+        base = FinetuneConfig()
+    return replace(base, **dict(spec.finetune_settings)) if spec.finetune_settings else base
 
 
 def _check_finetune(sparsify: SparsifyConfig, specs: tuple[ModelSpec, ...]) -> None:
     """Fine-tuning asked for a model sparsebench cannot train: one line naming it and the fix, before anything is
-    compiled."""
+    compiled; a model's settings that put the schedule's end before its start, likewise."""
     from .sparsify.finetune import training_path
 
     for index, spec in enumerate(specs):
-        if model_finetune(sparsify, spec) is None:
+        cfg = model_finetune(sparsify, spec)
+        if cfg is None:
             continue
         why = training_path(spec.name, spec.path)
         if why:
-            asked = "[sparsify.finetune] is on" if spec.finetune is None else "finetune = true"
+            asked = "[sparsify.finetune] is on" if spec.finetune is None else "finetune is on"
             raise HarnessError(f"models[{index}] ({spec.name}): {asked} but {spec.name} cannot be fine-tuned: {why}; "
                                f"set finetune = false in its [[models]] table (its variants stay one-shot) or "
                                f"remove [sparsify.finetune]")
+        _check_window(cfg, f"models[{index}] ({spec.name}): finetune")
 
 
-def _parse_finetune(table: Any) -> FinetuneConfig | None:
-    """``[sparsify.finetune]``: its presence turns recovery on (``enabled = false`` keeps the table but turns it
-    off); every key checked, one error naming the key and a valid value."""
-    where = "[sparsify.finetune]"
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise HarnessError(f"{where} must be a table, e.g. [sparsify.finetune] epochs = 6; got {table!r}")
+def _check_window(cfg: FinetuneConfig, where: str) -> None:
+    if cfg.end < cfg.start:
+        raise HarnessError(f"{where}: end ({cfg.end:g}) is before start ({cfg.start:g}); both are fractions of the "
+                           "training, e.g. start = 0.0, end = 0.5")
+
+
+def _finetune_values(table: dict, where: str) -> dict[str, Any]:
+    """The settings of a finetune table (all but ``enabled``), each checked: one error naming the key and a valid
+    value."""
     _check_keys(table, {"enabled", *FinetuneConfig.__dataclass_fields__}, where)
-    if not _bool(table, "enabled", where, True):
-        return None
     values: dict[str, Any] = {}
     for key, (integer, low, high, example) in _FINETUNE_NUMBERS.items():
         if key not in table:
@@ -497,10 +510,22 @@ def _parse_finetune(table: Any) -> FinetuneConfig | None:
             raise HarnessError(f"{where}.schedule must be one of {', '.join(map(repr, FINETUNE_SCHEDULES))}, e.g. "
                                f"schedule = \"gradual\"; got {schedule!r}")
         values["schedule"] = schedule
+    return values
+
+
+def _parse_finetune(table: Any) -> FinetuneConfig | None:
+    """``[sparsify.finetune]``: its presence turns recovery on (``enabled = false`` keeps the table but turns it
+    off); every key checked, one error naming the key and a valid value."""
+    where = "[sparsify.finetune]"
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise HarnessError(f"{where} must be a table, e.g. [sparsify.finetune] epochs = 6; got {table!r}")
+    values = _finetune_values(table, where)
+    if not _bool(table, "enabled", where, True):
+        return None
     cfg = FinetuneConfig(**values)
-    if cfg.end < cfg.start:
-        raise HarnessError(f"{where}: end ({cfg.end:g}) is before start ({cfg.start:g}); both are fractions of the "
-                           "training, e.g. start = 0.0, end = 0.5")
+    _check_window(cfg, where)
     return cfg
 
 

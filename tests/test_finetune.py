@@ -80,6 +80,17 @@ def test_config_finetune_table_and_opt_out():
     off = parse_config({"sparsify": {"finetune": {"enabled": False}}, "models": [{"name": "ffn-768"}]})
     assert off.sparsify.finetune is None
     assert parse_config({"models": [{"name": "digits-mlp"}]}).sparsify.finetune is None
+    # a model's own settings over [sparsify.finetune]'s; a table with enabled = false opts out
+    own = parse_config({"sparsify": {"finetune": {"epochs": 3, "start": 0.1}},
+                        "models": [{"name": "digits-cnn", "finetune": {"epochs": 30, "lr": 0.003}},
+                                   {"name": "ffn-768", "finetune": {"enabled": False}}]})
+    assert model_finetune(own.sparsify, own.models[0]) == FinetuneConfig(epochs=30, lr=0.003, start=0.1)
+    assert model_finetune(own.sparsify, own.models[1]) is None
+    alone = parse_config({"models": [{"name": "digits-mlp", "finetune": {"epochs": 2}}]})
+    assert model_finetune(alone.sparsify, alone.models[0]) == FinetuneConfig(epochs=2)
+    with pytest.raises(HarnessError, match=r"models\[0\] \(digits-mlp\): finetune: end \(0.05\) is before start"):
+        parse_config({"sparsify": {"finetune": {"start": 0.1}}, "models": [{"name": "digits-mlp",
+                                                                             "finetune": {"end": 0.05}}]})
     with pytest.raises(HarnessError, match=r"models\[0\] \(ffn-768\).*finetune = false"):
         parse_config({"sparsify": {"finetune": {}}, "models": [{"name": "ffn-768"}]})
 
@@ -100,13 +111,14 @@ def _one_line(proc) -> str:
 FAULTS = {
     "user-onnx": ('[sparsify.finetune]\nepochs = 2\n', "", "models[0] (small): [sparsify.finetune] is on but small "
                   "cannot be fine-tuned: it is a user's ONNX file"),
-    "model-true": ("", "finetune = true", "models[0] (small): finetune = true but small cannot be fine-tuned"),
+    "model-true": ("", "finetune = true", "models[0] (small): finetune is on but small cannot be fine-tuned"),
     "schedule": ('[sparsify.finetune]\nschedule = "cubic"\n', "", "[sparsify.finetune].schedule must be one of"),
     "epochs": ("[sparsify.finetune]\nepochs = -1\n", "", "[sparsify.finetune].epochs must be a whole number >= 0"),
     "lr": ("[sparsify.finetune]\nlr = 0\n", "", "[sparsify.finetune].lr must be a number > 0"),
     "end-before-start": ("[sparsify.finetune]\nstart = 0.6\nend = 0.2\n", "", "end (0.2) is before start (0.6)"),
     "unknown-key": ("[sparsify.finetune]\nrate = 1\n", "", "[sparsify.finetune]: unknown key(s) rate"),
     "not-a-table": ("", "", None),
+    "model-table-bad": ("", "finetune = {epochs = 2.5}", "models[0] (small): finetune.epochs must be a whole number"),
     "model-not-bool": ("", 'finetune = "no"', "finetune must be true or false"),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import FinetuneConfig, parse_method
@@ -32,6 +32,9 @@ TARGETS = (("digits-mlp", "block:16x1", 0.9, 0.95), ("digits-mlp", "unstructured
 #: how each model is pruned, as the demo prunes it (classifier heads dense; the CNN's first conv too)
 PRUNE = {"digits-mlp": {"prune_first": True, "prune_last": False},
          "digits-cnn": {"prune_first": False, "prune_last": False}}
+#: each model's settings over the default [sparsify.finetune] ones, as in the demo configs: the CNN is cheap to
+#: train and needs longer (as train_cnn.py trains it: batch 32, lr 3e-3)
+SETTINGS = {"digits-mlp": {}, "digits-cnn": {"epochs": 30, "lr": 0.003, "batch": 32}}
 
 
 def _dense_accuracy(name: str, onnx_path: Path) -> float:
@@ -45,7 +48,8 @@ def _dense_accuracy(name: str, onnx_path: Path) -> float:
 
 
 def recovery_suite(suite: Suite, cfg: FinetuneConfig | None = None, log=None) -> dict:
-    """Every (model, method, level) of ``suite`` pruned one-shot and recovered with ``cfg`` (default settings):
+    """Every (model, method, level) of ``suite`` pruned one-shot and recovered with ``cfg`` (default settings; a
+    model's :data:`SETTINGS` over them):
     the document written by ``sparsebench recovery --json``."""
     from ..models import zoo
     from .finetune import recover
@@ -60,11 +64,12 @@ def recovery_suite(suite: Suite, cfg: FinetuneConfig | None = None, log=None) ->
             for label in suite.methods:
                 for level in suite.levels:
                     method = parse_method(label)
-                    rec = recover(name, onnx_path, method, level, Path(tmp), cfg, **PRUNE[name])
+                    model_cfg = replace(cfg, **SETTINGS.get(name, {}))
+                    rec = recover(name, onnx_path, method, level, Path(tmp), model_cfg, **PRUNE[name])
                     record = {"model": name, "method": label, "sparsity_target": level,
                               "sparsity_actual": round(rec.variant.sparsity_actual, 6), "accuracy_dense": dense,
                               "accuracy_oneshot": rec.accuracy_oneshot, "accuracy_recovered": rec.accuracy,
-                              "train_s": round(rec.train_s, 3), **PRUNE[name]}
+                              "train_s": round(rec.train_s, 3), "settings": model_cfg.to_json(), **PRUNE[name]}
                     records.append(record)
                     if log:
                         log(f"{name} {label} {level:g}: one-shot {rec.accuracy_oneshot:.1%} -> recovered "
