@@ -25,6 +25,7 @@ from .records import BuildRecord, DeviceMeta, EnergyRecord, ResultRow, join_laye
 from .sparsify import Variant, make_variant
 from .sparsify.asis import make_asis_variant
 from .sparsify.channel import make_channel_variant
+from .sparsify.finetune import Recovery
 
 ENERGY_NOT_MEASURED = "unavailable: not measured (the variant did not run)"
 
@@ -43,6 +44,7 @@ class Job:
     kernels: str | None = None  # None: the run's kernels (``--kernels``); TVM_DEFAULT for the baseline row
     # the dense row of an as-is model without a dense reference: its own weights through our dense kernel, forced
     force_dense: bool = False
+    recovery: Recovery | None = None  # how a fine-tuned variant was recovered ([sparsify.finetune]); None: one-shot
 
     @property
     def baseline(self) -> str | None:
@@ -103,10 +105,14 @@ def load_models(cfg: RunConfig) -> list[LoadedModel]:
     return loaded
 
 
-def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
+def plan_jobs(cfg: RunConfig, models: list[LoadedModel], log=None) -> list[Job]:
     """Dense first in each (model, batch) group, so sparse variants and peers can be compared with it; then the
     other dense runtimes of ``[compare]`` (:func:`baselines`: each runs the dense variant), then the sparse
-    variants."""
+    variants. With ``[sparsify.finetune]`` every sparse variant of a model the zoo can train is the recovered one
+    (fine-tuned here, in numpy, before anything is compiled; cached); ``log`` gets a line per variant trained."""
+    from .config import model_finetune
+    from .sparsify.finetune import recover
+
     variant_dir = cache_dir() / "variants"
     sp = cfg.sparsify
     jobs = []
@@ -114,30 +120,41 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel]) -> list[Job]:
         methods = sp.methods if spec.methods is None else spec.methods
         dense, force_dense = _dense_variant(spec, model, methods, variant_dir)
         variants = [dense]
+        recoveries: list[Recovery | None] = [None]  # one per variant (None: not fine-tuned)
+        finetune = model_finetune(sp, spec)
         model_levels = sp.levels if spec.levels is None else spec.levels
         for method in methods:
             if method.name == "as-is":
                 variants.append(make_asis_variant(model.name, model.path))
+                recoveries.append(None)
                 continue
             levels = model_levels if method.fixed_level is None else (method.fixed_level,)
             for level in levels:
-                if level > 0 and method.name == "channel":
+                if level <= 0:
+                    continue
+                prune = {"prune_first": _pick(spec.prune_first, sp.prune_first),
+                         "prune_last": _pick(spec.prune_last, sp.prune_last)}
+                if method.name == "channel":  # a smaller dense model (not fine-tuned: see finetune.py)
                     cut = make_channel_variant(model.name, model.path, level, variant_dir,
-                                               prune_first=_pick(spec.prune_first, sp.prune_first))
+                                               prune_first=prune["prune_first"])
                     if cut.params is None:  # nothing could be cut: no row (it would be the dense model), a note
                         variants[0] = replace(variants[0], notes=tuple(dict.fromkeys(variants[0].notes + cut.notes)))
                     else:
                         variants.append(cut)
-                elif level > 0:
-                    variants.append(make_variant(model.name, model.path, method, level, variant_dir,
-                                                 prune_first=_pick(spec.prune_first, sp.prune_first),
-                                                 prune_last=_pick(spec.prune_last, sp.prune_last)))
+                        recoveries.append(None)
+                elif finetune is not None:  # every sparse variant recovered: its key is the one-shot one's
+                    rec = recover(model.name, model.path, method, level, variant_dir, finetune, log=log, **prune)
+                    variants.append(rec.variant)
+                    recoveries.append(rec)
+                else:
+                    variants.append(make_variant(model.name, model.path, method, level, variant_dir, **prune))
+                    recoveries.append(None)
         names, _ = baselines(cfg)
         for batch in spec.batches:
             jobs.append(Job(model, variants[0], batch, force_dense=force_dense))
             jobs.extend(Job(model, variants[0], batch, PEERS.get(name), None if name in PEERS else name)
                         for name in names)
-            jobs.extend(Job(model, v, batch) for v in variants[1:])
+            jobs.extend(Job(model, v, batch, recovery=r) for v, r in zip(variants[1:], recoveries[1:]))
     return jobs
 
 
@@ -397,6 +414,9 @@ class Benchmark:
             block=job.variant.block_str, batch=job.batch, target=self.profile.name,
             target_json=self.target, transport=transport.name, accelerator=self.accelerator,
             energy_status=ENERGY_NOT_MEASURED,
+            accuracy_oneshot=job.recovery.accuracy_oneshot if job.recovery else None,
+            finetune_s=job.recovery.train_s if job.recovery else None,
+            recovery=job.recovery.record if job.recovery else None,
             verdict="ERROR",
         )
 

@@ -113,7 +113,7 @@ def _run_config(cfg, db: Path, resume: str | None, out: Path | None, kernels: st
         store = ResultStore(db)
         bench = Benchmark(cfg, store, kernels=kernels, device=device, artifacts=artifacts)
         models = load_models(cfg)
-        jobs = plan_jobs(cfg, models)
+        jobs = plan_jobs(cfg, models, log=lambda msg: print(msg, file=sys.stderr))
         run_id = bench.start(resume)
         print(f"run {run_id}: {len(jobs)} variant x batch jobs on target {cfg.target} -> {db}", file=sys.stderr)
         with Progress(progress) as bar:
@@ -346,6 +346,21 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_recovery(args) -> int:
+    """``sparsebench recovery --json OUT``: one-shot vs recovered accuracy of the labelled zoo models, training time,
+    the targets; exit 1 when a target is missed."""
+    from .kernelbench import write_json
+    from .sparsify.recoverybench import FULL, QUICK, format_table, recovery_suite
+
+    ensure_writable_dir(args.json.parent, "output directory")
+    doc = recovery_suite(QUICK if args.quick else FULL, log=lambda msg: print(msg, file=sys.stderr))
+    write_json(doc, args.json)
+    print(format_table(doc))
+    print(f"{len(doc['records'])} variants in {doc['total_s']:.0f} s -> {args.json}; targets "
+          f"{'all met' if doc['all_pass'] else 'MISSED'}", file=sys.stderr)
+    return EXIT_OK if doc["all_pass"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsebench",
                                      description="Measure what weight sparsity buys a pruned network on your hardware.",
@@ -433,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=Path("results") / "models.json", metavar="OUT",
                    help="write every measurement here (default results/models.json)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("recovery", help="one-shot vs fine-tuned accuracy of the digits models at 50/80/90 %% "
+                                        "(unstructured, 16x1 blocks), training time, the accuracy targets")
+    p.add_argument("--quick", action="store_true", help="digits-mlp at 90 %% only (the two targets)")
+    p.add_argument("--json", type=Path, default=Path("results") / "recovery.json", metavar="OUT",
+                   help="write every record and the targets here (default results/recovery.json)")
+    p.set_defaults(func=cmd_recovery)
 
     p = sub.add_parser("targets", help="list device profiles")
     p.set_defaults(func=cmd_targets)

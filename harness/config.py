@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,9 @@ class ModelSpec:
     methods: tuple[Method, ...] | None = None
     # the dense model an already-pruned one (method "as-is") is compared with; None: none given
     dense_path: Path | None = None
+    finetune: bool | None = None  # False: this model's variants are not fine-tuned ([sparsify.finetune] or not)
+    # the model's own fine-tuning settings over [sparsify.finetune]'s (``finetune = {epochs = 20, lr = 0.003}``)
+    finetune_settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,30 @@ class MeasureConfig:
     meter_command: tuple[str, ...] = ()
 
 
+FINETUNE_SCHEDULES = ("gradual", "oneshot")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """``[sparsify.finetune]``: recover the accuracy of every sparse variant by training (models the zoo can train).
+
+    ``gradual``: Zhu & Gupta's cubic schedule from 0 to the variant's sparsity over ``steps`` pruning steps between
+    the fractions ``start`` and ``end`` of the training, masks recomputed with the variant's method at each step and
+    held fixed between them; ``oneshot``: pruned once, then fine-tuned with the mask fixed."""
+
+    epochs: int = 6
+    lr: float = 2e-3
+    schedule: str = "gradual"
+    start: float = 0.0
+    end: float = 0.5
+    steps: int = 8
+    batch: int = 64
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
 @dataclass(frozen=True)
 class SparsifyConfig:
     """Which variants to make: every method at every level (level 0 is the single dense baseline)."""
@@ -125,6 +152,7 @@ class SparsifyConfig:
     methods: tuple[Method, ...] = (Method("unstructured"), Method("block", (16, 1)))
     prune_first: bool = True
     prune_last: bool = False
+    finetune: FinetuneConfig | None = None  # None: one-shot pruning, no recovery
 
 
 #: ``[run] accelerator`` / ``--accelerator``: the role of the profile's target that compiles and runs the models
@@ -354,11 +382,17 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
                            f"got {table!r}")
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
     _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
-                        "levels", "methods", "dense"}, where)
-    prune = {k: table[k] for k in ("prune_first", "prune_last") if k in table}
+                        "levels", "methods", "dense", "finetune"}, where)
+    prune = {k: table[k] for k in ("prune_first", "prune_last", "finetune") if k in table}
+    if isinstance(prune.get("finetune"), dict):  # finetune = {epochs = 20, ...}: on, with these settings
+        settings = prune["finetune"]
+        values = _finetune_values(settings, f"{where}: finetune")
+        prune["finetune"] = _bool(settings, "enabled", f"{where}: finetune", True)
+        prune["finetune_settings"] = tuple(sorted(values.items()))
     for key, value in prune.items():
-        if not isinstance(value, bool):
-            raise HarnessError(f"{where}: {key} must be true or false, got {value!r}")
+        if key != "finetune_settings" and not isinstance(value, bool):
+            why = " or a table of settings, e.g. finetune = {epochs = 20}" if key == "finetune" else ""
+            raise HarnessError(f"{where}: {key} must be true or false{why}, got {value!r}")
     extra = {**prune, **_parse_io(table, where)}
     if "levels" in table:
         extra["levels"] = _parse_levels(table["levels"], f"{where}: levels")
@@ -421,6 +455,95 @@ def _parse_methods(value: Any, where: str) -> tuple[Method, ...]:
     return tuple(parse_method(m) for m in value)
 
 
+def model_finetune(sparsify: SparsifyConfig, spec: ModelSpec) -> FinetuneConfig | None:
+    """How ``spec``'s sparse variants are fine-tuned: ``[sparsify.finetune]`` with the model's own settings over it
+    (``finetune = {epochs = 20}``), unless the model says ``finetune = false``; a model's ``finetune = true`` (or
+    table) without ``[sparsify.finetune]`` starts from the default settings."""
+    if spec.finetune is False:
+        return None
+    base = sparsify.finetune
+    if base is None:
+        if spec.finetune is None:
+            return None
+        base = FinetuneConfig()
+    return replace(base, **dict(spec.finetune_settings)) if spec.finetune_settings else base
+
+
+def _check_finetune(sparsify: SparsifyConfig, specs: tuple[ModelSpec, ...]) -> None:
+    """Fine-tuning asked for a model sparsebench cannot train: one line naming it and the fix, before anything is
+    compiled; a model's settings that put the schedule's end before its start, likewise."""
+    from .sparsify.finetune import training_path
+
+    for index, spec in enumerate(specs):
+        cfg = model_finetune(sparsify, spec)
+        if cfg is None:
+            continue
+        why = training_path(spec.name, spec.path)
+        if why:
+            asked = "[sparsify.finetune] is on" if spec.finetune is None else "finetune is on"
+            raise HarnessError(f"models[{index}] ({spec.name}): {asked} but {spec.name} cannot be fine-tuned: {why}; "
+                               f"set finetune = false in its [[models]] table (its variants stay one-shot) or "
+                               f"remove [sparsify.finetune]")
+        _check_window(cfg, f"models[{index}] ({spec.name}): finetune")
+
+
+def _check_window(cfg: FinetuneConfig, where: str) -> None:
+    if cfg.end < cfg.start:
+        raise HarnessError(f"{where}: end ({cfg.end:g}) is before start ({cfg.start:g}); both are fractions of the "
+                           "training, e.g. start = 0.0, end = 0.5")
+
+
+def _finetune_values(table: dict, where: str) -> dict[str, Any]:
+    """The settings of a finetune table (all but ``enabled``), each checked: one error naming the key and a valid
+    value."""
+    _check_keys(table, {"enabled", *FinetuneConfig.__dataclass_fields__}, where)
+    values: dict[str, Any] = {}
+    for key, (integer, low, high, example) in _FINETUNE_NUMBERS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        ok = _is_int(value) if integer else isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value >= low if key in ("epochs", "start", "end", "seed") else value > low) and \
+            (high is None or value <= high)
+        if not ok:
+            kind = "a whole number" if integer else "a number"
+            bound = f">= {low:g}" if key in ("epochs", "start", "end", "seed") else f"> {low:g}"
+            bound += f" and <= {high:g}" if high is not None else ""
+            raise HarnessError(f"{where}.{key} must be {kind} {bound}, e.g. {key} = {example}; got {value!r}")
+        values[key] = value
+    if "schedule" in table:
+        schedule = table["schedule"]
+        if schedule not in FINETUNE_SCHEDULES:
+            raise HarnessError(f"{where}.schedule must be one of {', '.join(map(repr, FINETUNE_SCHEDULES))}, e.g. "
+                               f"schedule = \"gradual\"; got {schedule!r}")
+        values["schedule"] = schedule
+    return values
+
+
+def _parse_finetune(table: Any) -> FinetuneConfig | None:
+    """``[sparsify.finetune]``: its presence turns recovery on (``enabled = false`` keeps the table but turns it
+    off); every key checked, one error naming the key and a valid value."""
+    where = "[sparsify.finetune]"
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise HarnessError(f"{where} must be a table, e.g. [sparsify.finetune] epochs = 6; got {table!r}")
+    values = _finetune_values(table, where)
+    if not _bool(table, "enabled", where, True):
+        return None
+    cfg = FinetuneConfig(**values)
+    _check_window(cfg, where)
+    return cfg
+
+
+#: [sparsify.finetune] numbers: key -> (integer, lower bound, upper bound, example); epochs/start/end/seed may equal
+#: the lower bound, the others must exceed it
+_FINETUNE_NUMBERS = {
+    "epochs": (True, 0, 1000, 6), "lr": (False, 0, 1, 0.002), "start": (False, 0, 1, 0.0), "end": (False, 0, 1, 0.5),
+    "steps": (True, 0, 10000, 8), "batch": (True, 0, 65536, 64), "seed": (True, 0, None, 0),
+}
+
+
 def _parse_compare(table: Any) -> CompareConfig:
     """``[compare] peers = ["onnxruntime"]``: every name a known peer, each once."""
     from .peers import BASELINES
@@ -456,12 +579,13 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
     db = _string(run, "db", "[run]", str(DEFAULT_DB))
 
     sp = _table(data, "sparsify", "[sparsify]", "[sparsify] levels = [0, 0.9]")
-    _check_keys(sp, {"levels", "methods", "prune_first", "prune_last"}, "[sparsify]")
+    _check_keys(sp, {"levels", "methods", "prune_first", "prune_last", "finetune"}, "[sparsify]")
     sparsify = SparsifyConfig(
         levels=_parse_levels(sp.get("levels", list(DEFAULT_LEVELS)), "[sparsify].levels"),
         methods=_parse_methods(sp.get("methods", ["unstructured", "block:16x1"]), "[sparsify].methods"),
         prune_first=_bool(sp, "prune_first", "[sparsify]", True),
         prune_last=_bool(sp, "prune_last", "[sparsify]", False),
+        finetune=_parse_finetune(sp.get("finetune")),
     )
 
     ms = _table(data, "measure", "[measure]", "[measure] min_runs = 30")
@@ -500,6 +624,7 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str = "") -> Run
                 m.name == "as-is" for m in (sparsify.methods if spec.methods is None else spec.methods)):
             raise HarnessError(f"model {spec.name}: dense = ... names the dense reference of an already-pruned model, "
                                f"used with methods = [\"as-is\"]; add \"as-is\" to its methods or drop dense")
+    _check_finetune(sparsify, specs)
     return RunConfig(
         name=name,
         target=target,

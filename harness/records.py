@@ -492,6 +492,15 @@ class ResultRow:
     """max |y − y_dense| over the evaluation set, output units."""
     ref_max_abs_err: float | None = None
     """max |y − y_reference| for the same pruned model (compile correctness), output units."""
+    accuracy_oneshot: float | None = None
+    """For a fine-tuned variant (``[sparsify.finetune]``): top-1 accuracy of the same method and level pruned
+    one-shot, without recovery, on the same evaluation set (numpy); ``accuracy`` is the recovered variant's
+    (schema 8; ``None`` for a variant not fine-tuned)."""
+    finetune_s: float | None = None
+    """Seconds of training the recovery took (on the harness's host, numpy), ``None`` when not fine-tuned."""
+    recovery: dict | None = None
+    """How the variant was recovered: schedule, settings, pruning steps, training and evaluation samples, the
+    accuracies before and after (schema 8)."""
     energy_mj: float | None = None
     """Energy per inference, mJ (total board power); ``None`` unless ``energy_status`` is ``ok``."""
     energy_status: str | None = None

@@ -24,12 +24,19 @@ def test_demo_quick_report(tmp_path):
         assert float(r["latency_p50_ms"]) > 0 and r["accuracy"] != "" and r["verdict"] in ("VALID", "INVALID")
     dense = next(r for r in digits if r["method"] == "dense")
     assert float(dense["accuracy"]) >= 0.95
+    # recovered by default ([sparsify.finetune]): every sparse digits row has its one-shot accuracy and training time
+    for r in digits:
+        if float(r["sparsity_target"]) > 0:  # not the dense runtimes (ours, the peers')
+            assert r["accuracy_oneshot"] != "" and float(r["finetune_s"]) > 0, r
+    block90 = next(r for r in digits if r["method"] == "block" and float(r["sparsity_target"]) == 0.9)
+    assert float(block90["accuracy"]) >= 0.95 > float(block90["accuracy_oneshot"])
 
     ffn = [r for r in rows if r["model"] == "ffn-768"]
     assert {int(r["batch"]) for r in ffn} == {1, 16}
     assert {float(r["sparsity_target"]) for r in ffn} == levels
     for r in ffn:
         assert r["max_abs_err"] != "" and r["accuracy"] == ""  # no labels: fidelity to dense instead
+        assert r["accuracy_oneshot"] == "" and r["finetune_s"] == ""  # finetune = false: one-shot variants
         assert float(r["latency_p50_ms"]) > 0
 
     # the conv and attention models: their own levels (16x1 blocks at 0.5 and 0.9), the CNN with its accuracy, the

@@ -37,7 +37,7 @@ def test_nested_records_are_json_columns():
     assert json_columns == {"target_json": "target_json", "energy": "energy_json", "reasons": "reasons_json",
                             "layers": "layers_json", "device_meta": "device_meta_json", "overhead": "overhead_json",
                             "round_p50_ms": "round_p50_ms_json", "clock_range_khz": "clock_range_khz_json",
-                            "rounds_disturbed": "rounds_disturbed_json"}
+                            "rounds_disturbed": "rounds_disturbed_json", "recovery": "recovery_json"}
     assert "id" not in {c.field for c in ResultRow.columns()}  # the store's key, not a column we write
 
 

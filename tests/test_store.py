@@ -196,7 +196,7 @@ def test_v1_store_is_migrated_and_reads_back_typed(tmp_path):
     store = ResultStore(tmp_path / "old.db")
     assert _columns(tmp_path / "old.db") == _columns(tmp_path / "new.db")  # the migration reaches today's schema
     version = store.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 7
+    assert int(version) == SCHEMA_VERSION == 8
     assert store.notes("r1") == []  # version 3: the notes table exists
     measured, error, nm = store.results("r1")
     assert nm.variant_key == "digits-mlp/nm-2:4/0.5@b1"  # one spelling of N:M, old keys included

@@ -18,7 +18,9 @@ CSV_COLUMNS = ["run_id", "model", "method", "sparsity_target", "sparsity_actual"
                "latency_cv", "n_iter", "accuracy", "top1_agreement", "max_abs_err", "energy_mj", "energy_status",
                "artifact_bytes", "peak_rss_mb", "verdict", "error",
                # appended (schema 4) so readers that index columns by position keep working
-               "latency_p50_ci_low_ms", "latency_p50_ci_high_ms"]
+               "latency_p50_ci_low_ms", "latency_p50_ci_high_ms",
+               # appended (schema 8): a fine-tuned variant's one-shot accuracy and training seconds
+               "accuracy_oneshot", "finetune_s"]
 
 
 def write_csv_stream(rows: Iterable[ResultRow], out: TextIO) -> None:

@@ -191,9 +191,14 @@ def plot_quality_vs_sparsity(group: Group, path: Path) -> Path | None:
         return None
     fig, axes = _figure(len(drawn), width=5.6 if len(drawn) > 1 else 6.4)
     colors = _colors(group)
+    oneshot = _series(group, lambda r: as_float(r.accuracy_oneshot)) if group.has_accuracy else {}
     for ax, (value, label, log, series) in zip(axes, drawn):
         for skey, points in series.items():
-            _draw_series(ax, points, colors[skey], series_label(skey))
+            _draw_series(ax, points, colors[skey], series_label(skey) + (" recovered" if skey in oneshot else ""))
+        for skey, points in oneshot.items():  # the same variants before recovery: dashed, hollow diamonds
+            ax.plot([p.x for p in points], [p.y for p in points], linestyle="--", marker="D", markersize=5,
+                    color=colors[skey], markerfacecolor="white", alpha=0.8,
+                    label=f"{series_label(skey)} one-shot")
         base = None if group.baseline is None else value(group.baseline)
         if base is not None and not log:
             ax.axhline(base, color=DENSE_COLOR, linestyle="--", linewidth=1, label=f"dense ({fmt.pct(base, 2)})")
@@ -238,6 +243,15 @@ def plot_pareto(group: Group, path: Path) -> Path | None:
         ax.plot([p.x], [p.y], linestyle="none", marker="s" if is_baseline(p.row) else "o", color=color,
                 markerfacecolor=color if p.valid else "white", label=None if name in labelled else name)
         labelled.add(name)
+    # fine-tuned variants: their one-shot accuracy at the same latency (same sparsity pattern), hollow diamonds
+    # joined to the recovered point by a dotted line; never on the front (not what was measured)
+    before = [(p, as_float(p.row.accuracy_oneshot)) for p in points if not is_baseline(p.row)]
+    before = [(p, y) for p, y in before if y is not None and group.has_accuracy]
+    for i, (p, y) in enumerate(before):
+        color = colors[series_key(p.row)]
+        ax.plot([p.x, p.x], [y, p.y], linestyle=":", color=color, linewidth=1, zorder=1)
+        ax.plot([p.x], [y], linestyle="none", marker="D", markersize=5, color=color, markerfacecolor="white",
+                label="one-shot, before recovery" if i == 0 else None)
     valid = [p for p in points if p.valid]
     front = [valid[i] for i in pareto_front([(p.x, p.y) for p in valid])]
     if front:
@@ -309,8 +323,10 @@ PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("latency", "Latency p50 vs sparsity (bars up to p90; dashed: dense p50; dash-dot: peer runtimes' "
                         "dense p50)", plot_latency_vs_sparsity),
     PlotSpec("speedup", "Speedup vs dense (dense p50 / p50) with the ideal 1/(1−s)", plot_speedup_vs_sparsity),
-    PlotSpec("quality", "Accuracy, or agreement with dense, vs sparsity", plot_quality_vs_sparsity),
-    PlotSpec("pareto", "Quality vs latency; Pareto front over VALID rows circled", plot_pareto),
+    PlotSpec("quality", "Accuracy, or agreement with dense, vs sparsity (fine-tuned variants: recovered solid, "
+                        "one-shot dashed with hollow diamonds)", plot_quality_vs_sparsity),
+    PlotSpec("pareto", "Quality vs latency; Pareto front over VALID rows circled (hollow diamonds: the one-shot "
+                       "accuracy of a fine-tuned variant, before recovery)", plot_pareto),
     PlotSpec("distribution", "Per-iteration latency distribution", plot_latency_distribution),
     PlotSpec("energy", "Energy per inference vs sparsity (board sensor; dashed: dense)", plot_energy_vs_sparsity),
 )

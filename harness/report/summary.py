@@ -45,6 +45,8 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
              "model_time", "speedup", "speedup_best", "speedup_model", "quality"]
     if len({r.device for r in rows}) > 1:  # only needed to tell rows apart when several devices ran
         names.insert(3, "device")
+    if any(r.finetune_s is not None for r in rows):  # fine-tuned variants: their training time
+        names.append("finetune_s")
     cols = columns(*names)
     lines = [f"# {_cell(title)}", ""]
     info = run_info or {}
@@ -69,7 +71,8 @@ def render_summary(groups: Sequence[Group], *, title: str, run_info: dict | None
               "speedup vs best dense = the fastest dense runtime's p50 (ours or a peer runtime's, in brackets) / "
               "variant p50; intervals from the two medians' intervals (both hold: >= 90 %), 'no significant difference' "
               "when one contains 1. n/a = not available. Accuracy where the model has labels, else top-1 agreement "
-              "with dense.", ""]
+              "with dense; a fine-tuned variant's accuracy is after recovery, with the same variant pruned one-shot in "
+              "brackets (fine-tune s: its training time, numpy on the harness's host).", ""]
     lines += _decision_lines(groups)
     best = [best_dense_lines(g) for g in groups]
     if any(best):

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import HarnessError
 from ..records import ResultRow
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: seconds a connection waits for another process's write lock before giving up
 BUSY_TIMEOUT_S = 60.0
@@ -156,8 +156,17 @@ def _v6_to_v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE results ADD COLUMN accelerator TEXT")
 
 
+def _v7_to_v8(conn: sqlite3.Connection) -> None:
+    """8: recovery by fine-tuning: the one-shot accuracy of a fine-tuned variant, its training seconds and how it
+    was recovered (older rows: NULL, one-shot variants)."""
+    conn.execute("ALTER TABLE results ADD COLUMN accuracy_oneshot REAL")
+    conn.execute("ALTER TABLE results ADD COLUMN finetune_s REAL")
+    conn.execute("ALTER TABLE results ADD COLUMN recovery_json TEXT")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                               4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
+                                                               4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
+                                                               7: _v7_to_v8}
 
 
 def new_run_id() -> str:
