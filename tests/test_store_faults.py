@@ -116,12 +116,14 @@ def test_schema_5_store_is_migrated_to_leases(tmp_path):
     store.close()
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE leases")
+    for column in ("accelerator", "accuracy_oneshot", "finetune_s", "recovery_json"):  # what schemas 7 and 8 added
+        conn.execute(f"ALTER TABLE results DROP COLUMN {column}")
     conn.execute("UPDATE meta SET value='5'")
     conn.commit()
     conn.close()
     store = ResultStore(db)
     store.acquire_lease("r1")
-    assert store.conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "6"
+    assert store.conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "8"
     assert [r.variant_key for r in store.results("r1")] == ["a"]
     store.close()
 
