@@ -59,8 +59,20 @@ class Method:
 
 
 @dataclass(frozen=True)
+class TorchSpec:
+    """A PyTorch model of a config (``torch = "package.module:build"``): its entry points, imported when the models
+    are loaded (``harness/models/torch_model.py``), from ``folder`` (the config's) or the environment."""
+
+    build: str  # "package.module:function" returning the torch.nn.Module
+    data: str | None = None  # "package.module:function" returning (train_loader, eval_loader) of (x, y) batches
+    example_input: tuple[int, ...] | None = None  # the input's shape to export at; None: the first eval batch's
+    folder: Path = Path(".")  # put on sys.path while the entry points are imported and called
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """A model to benchmark: a zoo name or an ONNX path with an optional ``.npz`` evaluation set."""
+    """A model to benchmark: a zoo name, an ONNX path with an optional ``.npz`` evaluation set, or a PyTorch module
+    (``torch``: exported to ONNX when loaded, its eval loader the evaluation set)."""
 
     name: str
     path: Path | None = None  # None -> built-in zoo model
@@ -83,6 +95,7 @@ class ModelSpec:
     finetune: bool | None = None  # False: this model's variants are not fine-tuned ([sparsify.finetune] or not)
     # the model's own fine-tuning settings over [sparsify.finetune]'s (``finetune = {epochs = 20, lr = 0.003}``)
     finetune_settings: tuple[tuple[str, Any], ...] = ()
+    torch: TorchSpec | None = None  # a PyTorch model (path is None then)
 
 
 @dataclass(frozen=True)
@@ -382,7 +395,7 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
                            f"got {table!r}")
     where = f"models[{index}]" + (f" ({table['name']})" if isinstance(table.get("name"), str) else "")
     _check_keys(table, {"name", "path", "eval", "batch", "prune_first", "prune_last", "outputs", "shapes", "vocab",
-                        "levels", "methods", "dense", "finetune"}, where)
+                        "levels", "methods", "dense", "finetune", "torch", "data", "example_input"}, where)
     prune = {k: table[k] for k in ("prune_first", "prune_last", "finetune") if k in table}
     if isinstance(prune.get("finetune"), dict):  # finetune = {epochs = 20, ...}: on, with these settings
         settings = prune["finetune"]
@@ -411,6 +424,8 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
             raise HarnessError(f"{where}: {key} must be a non-empty string, got {table[key]!r}")
     if "dense" in table:
         extra["dense_path"] = (base / table["dense"]).resolve()
+    if "torch" in table or "data" in table or "example_input" in table:
+        return _parse_torch_model(table, base, where, tuple(batches), extra)
     path = table.get("path")
     if path is None:
         from .models import zoo
@@ -438,6 +453,47 @@ def _parse_model(table: Any, base: Path, index: int) -> ModelSpec:
         batches=tuple(batches),
         **extra,
     )
+
+
+#: a torch entry point: ``package.module:function`` (the function may be an attribute path, ``module:Class.make``)
+_ENTRY_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+TORCH_INSTALL = "pip install 'sparsebench[torch]'"
+
+
+def _parse_torch_model(table: dict, base: Path, where: str, batches: tuple[int, ...], extra: dict) -> ModelSpec:
+    """``torch = "pkg.mod:build"`` (+ ``data = "pkg.mod:loaders"``, ``example_input = [1, 64]``): checked as text
+    here; the entry points are imported and called when the models are loaded, before anything is compiled."""
+    import importlib.util
+
+    if "torch" not in table:
+        key = "data" if "data" in table else "example_input"
+        raise HarnessError(f"{where}: {key} = ... belongs to a PyTorch model; add torch = \"package.module:build\" "
+                           f"(a function returning the torch.nn.Module), or give an ONNX model with path = ... and "
+                           f"eval = \"eval.npz\"")
+    for key in ("path", "eval"):
+        if key in table:
+            raise HarnessError(f"{where}: torch = ... and {key} = ... both give the model; keep torch (it is exported "
+                               f"to ONNX here, its eval loader the evaluation set) or path/eval, not both")
+    for key, what in (("torch", "returning the torch.nn.Module"),
+                      ("data", "returning (train_loader, eval_loader) of (x, y) batches")):
+        if key in table and (not isinstance(table[key], str) or not _ENTRY_RE.fullmatch(table[key])):
+            example = "build" if key == "torch" else "loaders"
+            raise HarnessError(f"{where}: {key} must name a function as \"package.module:function\" ({what}), "
+                               f"e.g. {key} = \"mynet.model:{example}\"; got {table[key]!r}")
+    example = table.get("example_input")
+    if example is not None and (not isinstance(example, list) or len(example) < 2
+                                or not all(_is_int(d) and d >= 1 for d in example)):
+        raise HarnessError(f"{where}: example_input must be the input's shape, batch first, e.g. example_input = "
+                           f"[1, 64]; got {example!r}")
+    if "data" not in table and example is None:
+        raise HarnessError(f"{where}: torch = ... without data = ... needs example_input = [1, ...] (the input's "
+                           f"shape) to export it; or add data = \"package.module:loaders\"")
+    if importlib.util.find_spec("torch") is None:
+        raise HarnessError(f"{where}: torch = ... needs PyTorch, which is not installed here; {TORCH_INSTALL}")
+    name = table.get("name") or table["torch"].partition(":")[0].rsplit(".", 1)[-1]
+    spec = TorchSpec(build=table["torch"], data=table.get("data"),
+                     example_input=tuple(example) if example is not None else None, folder=base)
+    return ModelSpec(name=check_model_name(name, where), batches=batches, torch=spec, **extra)
 
 
 def _parse_levels(value: Any, where: str) -> tuple[float, ...]:
@@ -478,7 +534,7 @@ def _check_finetune(sparsify: SparsifyConfig, specs: tuple[ModelSpec, ...]) -> N
         cfg = model_finetune(sparsify, spec)
         if cfg is None:
             continue
-        why = training_path(spec.name, spec.path)
+        why = training_path(spec.name, spec.path, spec.torch)
         if why:
             asked = "[sparsify.finetune] is on" if spec.finetune is None else "finetune is on"
             raise HarnessError(f"models[{index}] ({spec.name}): {asked} but {spec.name} cannot be fine-tuned: {why}; "

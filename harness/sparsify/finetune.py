@@ -20,6 +20,9 @@ Schedules (``[sparsify.finetune]``):
 N:M fixes its own sparsity, so every step of ``gradual`` is the N:M mask itself. After every optimizer step the
 weights are masked again. The result is written through :func:`~harness.sparsify.prune.make_variant`, so the
 recovered variant has exactly the method's sparsity pattern and its per-layer records.
+
+PyTorch models of a config (``torch = ...`` with ``data = ...``) are fine-tuned in torch instead, with the same
+schedule and mask functions: ``finetune_torch.py``.
 """
 
 from __future__ import annotations
@@ -54,8 +57,14 @@ class Recovery:
     record: dict  # the schedule and its settings, per-step sparsities, epochs, samples: the row's recovery record
 
 
-def training_path(name: str, path: Path | None) -> str | None:
-    """Why model ``name`` cannot be fine-tuned here, or ``None`` when it can (a zoo model with labels)."""
+def training_path(name: str, path: Path | None, torch=None) -> str | None:
+    """Why model ``name`` cannot be fine-tuned here, or ``None`` when it can: a zoo model with labels, or a PyTorch
+    model (``torch``: its :class:`~harness.config.TorchSpec`) with ``data`` (trained in torch, ``finetune_torch.py``)."""
+    if torch is not None:
+        if torch.data:
+            return None
+        return ("it is a PyTorch model without data = \"package.module:loaders\" (no labelled batches to train on); "
+                "add data = ... (a function returning (train_loader, eval_loader))")
     if path is not None:
         return "it is a user's ONNX file, and sparsebench trains only the built-in models that have labels"
     if name not in TRAINABLE:
