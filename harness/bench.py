@@ -92,7 +92,11 @@ def load_models(cfg: RunConfig) -> list[LoadedModel]:
 
     loaded = []
     for spec in cfg.models:
-        if spec.path is None:
+        if spec.torch is not None:  # a PyTorch module: its entry points checked, exported to ONNX (cached)
+            from .models.torch_model import materialize_torch
+
+            onnx_path, eval_path = materialize_torch(spec)
+        elif spec.path is None:
             onnx_path, eval_path = zoo.materialize(spec.name)
         else:
             onnx_path, eval_path = spec.path, spec.eval_path
@@ -108,8 +112,9 @@ def load_models(cfg: RunConfig) -> list[LoadedModel]:
 def plan_jobs(cfg: RunConfig, models: list[LoadedModel], log=None) -> list[Job]:
     """Dense first in each (model, batch) group, so sparse variants and peers can be compared with it; then the
     other dense runtimes of ``[compare]`` (:func:`baselines`: each runs the dense variant), then the sparse
-    variants. With ``[sparsify.finetune]`` every sparse variant of a model the zoo can train is the recovered one
-    (fine-tuned here, in numpy, before anything is compiled; cached); ``log`` gets a line per variant trained."""
+    variants. With ``[sparsify.finetune]`` every sparse variant of a model that can be trained (a zoo model with
+    labels, or a ``torch = ...`` model with ``data``) is the recovered one (fine-tuned here, in numpy or in torch,
+    before anything is compiled; cached); ``log`` gets a line per variant trained."""
     from .config import model_finetune
     from .sparsify.finetune import recover
 
@@ -143,7 +148,12 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel], log=None) -> list[Job]:
                         variants.append(cut)
                         recoveries.append(None)
                 elif finetune is not None:  # every sparse variant recovered: its key is the one-shot one's
-                    rec = recover(model.name, model.path, method, level, variant_dir, finetune, log=log, **prune)
+                    if spec.torch is not None:  # fine-tuned in torch, exported again (sparsify/finetune_torch.py)
+                        from .sparsify.finetune_torch import recover_torch
+
+                        rec = recover_torch(spec, model.path, method, level, variant_dir, finetune, log=log, **prune)
+                    else:
+                        rec = recover(model.name, model.path, method, level, variant_dir, finetune, log=log, **prune)
                     variants.append(rec.variant)
                     recoveries.append(rec)
                 else:
