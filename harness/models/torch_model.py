@@ -228,8 +228,10 @@ def load_torch(spec: ModelSpec) -> TorchModel:
         if loaders_fn is not None:
             loaders = _call(loaders_fn, ts.data, "data", where)
             if not isinstance(loaders, (tuple, list)) or len(loaders) != 2:
-                raise HarnessError(f"{where}: data = {ts.data!r} returned a {type(loaders).__name__}; return "
-                                   f"(train_loader, eval_loader), each yielding (x, y) batches")
+                what = f"a {type(loaders).__name__}" + (f" of {len(loaders)}" if isinstance(loaders, (tuple, list))
+                                                         else "")
+                raise HarnessError(f"{where}: data = {ts.data!r} returned {what}; return (train_loader, eval_loader), "
+                                   f"each yielding (x, y) batches")
             train, evaluation = loaders
             x_tr, y_tr = _first(torch, train, "train", where, ts.data)
             x_ev, y_ev = _first(torch, evaluation, "eval", where, ts.data)
