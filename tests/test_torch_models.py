@@ -279,3 +279,24 @@ def test_without_torch_the_config_says_how_to_install(tmp_path):
     line = _one_line(_cli("run", str(cfg), "--no-progress", pre="sys.modules['torch'] = None"))
     assert "needs PyTorch, which is not installed here; pip install 'sparsebench[torch]'" in line, line
     assert not (tmp_path / "r.db").exists()
+
+
+def test_torch_model_without_data_exports_at_example_input(tmp_path, monkeypatch):
+    """No data: exported at example_input (batch dynamic), no evaluation set (made-up inputs, as for an ONNX model
+    without eval); its variants stay one-shot. An example_input that does not fit the loaders is one line."""
+    from harness.errors import HarnessError
+    from harness.models.onnx_io import load_model
+    from harness.models.torch_model import load_torch
+
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
+    module = _package(tmp_path, "tinymlp_nodata", UNTRAINED)
+    (spec,) = parse_config({"models": [{"name": "nodata", "torch": f"{module}:build", "example_input": [1, 64]}]},
+                           base=tmp_path).models
+    tm = load_torch(spec)
+    assert tm.eval_path is None and tm.train is None and list(tm.example.shape) == [1, 64]
+    model = load_model("nodata", tm.onnx_path, None)
+    assert model.eval_y is None and model.shapes_for_batch(4)[0].shape == (4, 64)
+    (spec,) = parse_config({"models": [{"name": "mismatch", "torch": f"{module}:build", "data": f"{module}:loaders",
+                                        "example_input": [1, 32]}]}, base=tmp_path).models
+    with pytest.raises(HarnessError, match=r"example_input = \[1, 32\] but the eval loader's x is \[128, 64\]"):
+        load_torch(spec)
