@@ -20,14 +20,13 @@ original count -- "channel 0.9" has the parameter count of "block 0.9". The frac
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import check_sparsity
-from .prune import LayerSparsity, Variant, _weight_view, node_op, prunable_layers
+from .prune import LayerSparsity, Variant, _weight_view, node_op, prunable_layers, write_model
 
 #: unary elementwise operations a channel passes through unchanged
 _ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus",
@@ -354,14 +353,7 @@ def make_channel_variant(model_name: str, onnx_path: Path, level: float, out_dir
     else:
         note = (f"{model_name}: channel {level:g}: {len(chains)} chain(s) cut; the layers they touch keep "
                 f"{after}/{before} weights ({after / before:.3f} of them, asked {1 - level:.3f})")
-    payload = model.SerializeToString()
-    sha = hashlib.sha256(payload).hexdigest()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{model_name}-{sha[:16]}.onnx"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(path)
+    path, sha = write_model(model, model_name, out_dir)
     return Variant(model=model_name, method="channel", sparsity_target=level, block=None, onnx_path=path,
                    sha256=sha, layers=tuple(records), notes=(note,),
                    params=(after, before) if chains else None)

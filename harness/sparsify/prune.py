@@ -8,6 +8,7 @@ for every layer and match the kernels' block-sparse layout.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,20 @@ def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:
     return np.where(keep.reshape(rows, groups * m)[:, :k], w, 0).astype(w.dtype)
 
 
+def write_model(model, model_name: str, out_dir: Path) -> tuple[Path, str]:
+    """Write ``model`` (an ONNX ModelProto) into ``out_dir`` named by its content, atomically (once per content);
+    returns (its path, the SHA-256 of its bytes)."""
+    payload = model.SerializeToString()
+    sha = hashlib.sha256(payload).hexdigest()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{model_name}-{sha[:16]}.onnx"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # this writer's own: a concurrent writer of the same content
+        tmp.write_bytes(payload)
+        tmp.replace(path)
+    return path, sha
+
+
 def make_variant(model_name: str, onnx_path: Path, method: Method | None, level: float, out_dir: Path, *,
                  prune_first: bool = True, prune_last: bool = False) -> Variant:
     """Write the pruned ONNX model for (method, level) into ``out_dir`` (cached by content) and describe it.
@@ -196,14 +211,7 @@ def make_variant(model_name: str, onnx_path: Path, method: Method | None, level:
             pruned=do_prune,
             node_op=node_op(node, array),
         ))
-    payload = model.SerializeToString()
-    sha = hashlib.sha256(payload).hexdigest()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{model_name}-{sha[:16]}.onnx"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(path)
+    path, sha = write_model(model, model_name, out_dir)
     return Variant(
         model=model_name,
         method="dense" if dense else method.name,
