@@ -116,7 +116,7 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel], log=None) -> list[Job]:
     labels, or a ``torch = ...`` model with ``data``) is the recovered one (fine-tuned here, in numpy or in torch,
     before anything is compiled; cached); ``log`` gets a line per variant trained."""
     from .config import model_finetune
-    from .sparsify.finetune import recover
+    from .sparsify.finetune import recover, recover_channel
 
     variant_dir = cache_dir() / "variants"
     sp = cfg.sparsify
@@ -139,14 +139,18 @@ def plan_jobs(cfg: RunConfig, models: list[LoadedModel], log=None) -> list[Job]:
                     continue
                 prune = {"prune_first": _pick(spec.prune_first, sp.prune_first),
                          "prune_last": _pick(spec.prune_last, sp.prune_last)}
-                if method.name == "channel":  # a smaller dense model (not fine-tuned: see finetune.py)
+                if method.name == "channel":  # a smaller dense model, fine-tuned like the sparse ones where it can be
                     cut = make_channel_variant(model.name, model.path, level, variant_dir,
                                                prune_first=prune["prune_first"])
                     if cut.params is None:  # nothing could be cut: no row (it would be the dense model), a note
                         variants[0] = replace(variants[0], notes=tuple(dict.fromkeys(variants[0].notes + cut.notes)))
-                    else:
-                        variants.append(cut)
-                        recoveries.append(None)
+                        continue
+                    rec = recover_channel(cut, finetune, variant_dir, log=log) if finetune is not None else None
+                    if finetune is not None and rec is None:
+                        cut = replace(cut, notes=(*cut.notes, f"{model.name}: channel {level:g}: not fine-tuned (no "
+                                                              "training path for this network's cut shape)"))
+                    variants.append(rec.variant if rec else cut)
+                    recoveries.append(rec)
                 elif finetune is not None:  # every sparse variant recovered: its key is the one-shot one's
                     if spec.torch is not None:  # fine-tuned in torch, exported again (sparsify/finetune_torch.py)
                         from .sparsify.finetune_torch import recover_torch

@@ -201,3 +201,18 @@ def test_run_with_finetune_rows_carry_both_accuracies(tmp_path):
     html = (out / "report.html").read_text()
     assert "accuracy one-shot" in html and "fine-tune s" in html
     assert np.isclose(float(sparse["sparsity_target"]), 0.9)
+
+
+def test_a_channel_cut_mlp_is_fine_tuned_like_the_sparse_variants_it_is_compared_with(digits_mlp, tmp_path):
+    """The channel-vs-sparse comparison holds recovered models on both sides: the cut (smaller, dense) digits MLP
+    trains with the same settings, keeps its shape, layer records and parameter count, and is cached."""
+    from harness.sparsify.channel import make_channel_variant
+    from harness.sparsify.finetune import recover_channel
+
+    cut = make_channel_variant("digits-mlp", digits_mlp, 0.9, tmp_path)
+    rec = recover_channel(cut, FinetuneConfig(), tmp_path)
+    assert rec is not None and rec.variant.params == cut.params and rec.variant.layers == cut.layers
+    assert rec.variant.method == "channel" and rec.variant.sha256 != cut.sha256
+    assert rec.accuracy > rec.accuracy_oneshot and rec.accuracy >= 0.95, (rec.accuracy_oneshot, rec.accuracy)
+    again = recover_channel(cut, FinetuneConfig(), tmp_path)
+    assert (again.variant.sha256, again.accuracy) == (rec.variant.sha256, rec.accuracy)  # from the cache

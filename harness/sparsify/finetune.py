@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -409,3 +410,56 @@ def recover(model_name: str, onnx_path: Path, method: Method, level: float, out_
     if log:
         log(f"{variant.key}: fine-tuned in {train_s:.1f} s, accuracy {accuracy_oneshot:.1%} one-shot -> {final:.1%}")
     return Recovery(variant, accuracy_oneshot, final, train_s, record)
+
+
+def recover_channel(cut: Variant, cfg: FinetuneConfig, out_dir: Path, *, log=None) -> Recovery | None:
+    """Fine-tune a channel-pruned model (``cut``: a smaller dense MLP) with the same settings as the sparse variants
+    it is compared with, so the channel-vs-sparse comparison holds recovered models on both sides; or ``None`` where
+    its network has no training path here (the CNN's trainer is written for the zoo's own channel counts).
+
+    Nothing is pruned during the training (the units are gone already): the weights of every layer train densely.
+    The result keeps ``cut``'s layer records, notes and parameter count, and is cached like :func:`recover`."""
+    import onnx
+    from onnx import numpy_helper
+
+    if TRAINABLE.get(cut.model) != "mlp":
+        return None
+    cut_bytes = Path(cut.onnx_path).read_bytes()
+    key = _cache_key("mlp-channel", hashlib.sha256(cut_bytes).hexdigest(), Method("unstructured"), 0.0, cfg,
+                     False, False)
+    folder = out_dir / "recovered"
+    record_path = folder / f"{cut.model}-channel-{key[:20]}.json"
+    if record_path.is_file():
+        try:
+            saved = json.loads(record_path.read_text())
+            path = folder / saved["weights"]
+            if hashlib.sha256(path.read_bytes()).hexdigest() == saved["sha256"]:
+                return Recovery(replace(cut, onnx_path=path, sha256=saved["sha256"]), saved["accuracy_oneshot"],
+                                saved["accuracy"], saved["train_s"], saved["record"])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged record: train again
+    model = onnx.load(str(cut.onnx_path))
+    x_tr, y_tr, x_ev, y_ev = _data("mlp")
+    accuracy_oneshot = _net("mlp", model).accuracy(x_ev, y_ev)
+    with _one_blas_thread():  # level 0, first and last layer left alone: every mask keeps every weight
+        net, _, total, train_s = _train("mlp", model, Method("unstructured"), 0.0, cfg, x_tr, y_tr, False, False)
+    for init in model.graph.initializer:
+        if init.name in net.params:
+            init.CopyFrom(numpy_helper.from_array(net.params[init.name].reshape(
+                numpy_helper.to_array(init).shape).astype(np.float32), init.name))
+    from .prune import write_model
+
+    path, sha = write_model(model, f"{cut.model}-channel", folder)
+    final = _net("mlp", model).accuracy(x_ev, y_ev)
+    record = {"schedule": "dense fine-tuning of the channel-pruned model", "settings": cfg.to_json(),
+              "optimizer_steps": total, "train_samples": int(len(x_tr)), "eval_samples": int(len(x_ev)),
+              "accuracy_oneshot": accuracy_oneshot, "accuracy": final, "train_s": train_s,
+              "oneshot_sha256": cut.sha256}
+    saved = {"weights": path.name, "sha256": sha, "accuracy_oneshot": accuracy_oneshot, "accuracy": final,
+             "train_s": train_s, "record": record}
+    tmp = record_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(saved, indent=1))
+    tmp.replace(record_path)
+    if log:
+        log(f"{cut.key}: fine-tuned in {train_s:.1f} s, accuracy {accuracy_oneshot:.1%} cut -> {final:.1%}")
+    return Recovery(replace(cut, onnx_path=path, sha256=sha), accuracy_oneshot, final, train_s, record)
