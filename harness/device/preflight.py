@@ -46,6 +46,16 @@ print(json.dumps(r))
 MAX_INPUT_SHARE = 0.5
 
 
+def last_json(stdout: str) -> dict | None:
+    """The last line of a probe's output that is JSON (what it printed before may be warnings), or None."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
 def install_hint(python: str) -> str:
     """How to get numpy and the TVM runtime for ``python`` on the device."""
     return (f"install them in a venv on the device: {VENV_INSTALL}, then run with --python {VENV}/bin/python "
@@ -64,13 +74,7 @@ def check_runtime(transport: Transport, python: str, *, host_tvm: str | None = N
     res = transport.run([python, "-c", PROBE, *optional], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
     if res.timed_out:
         raise TransportError("prepare", f"{where}: {python} did not finish `import numpy, tvm` within 120 s", res)
-    report = None
-    for line in reversed(res.stdout.strip().splitlines()):
-        try:
-            report = json.loads(line)
-            break
-        except ValueError:
-            continue
+    report = last_json(res.stdout)
     if report is None:
         if res.exit_code == 127 or "not found" in res.stderr or "No such file" in res.stderr:
             raise TransportError("prepare", f"{where}: no Python at {python!r} ({res.tail(2)}); "
@@ -182,13 +186,7 @@ def check_cuda(transport: Transport, python: str) -> dict:
     else:
         python = python or transport.default_python()
         res = transport.run([python, "-c", CUDA_PROBE], env={"TVM_USE_RUNTIME_LIB": "1"}, timeout_s=120)
-        found = None
-        for line in reversed(res.stdout.strip().splitlines()):
-            try:
-                found = json.loads(line)
-                break
-            except ValueError:
-                continue
+        found = last_json(res.stdout)
         if found is None:
             raise TransportError("prepare", f"{where}: the CUDA check did not run ({res.tail(2)})", res)
     if found.get("exist"):
